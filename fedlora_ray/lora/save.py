@@ -1,0 +1,42 @@
+"""Write the global adapter in peft's on-disk format, without needing a model in the process.
+
+``adapter_config.json`` + ``adapter_model.safetensors`` load with ``PeftModel.from_pretrained``
+onto the base encoder; the head goes beside them in ``classifier.safetensors`` with
+``labels.json``. Written to a temporary folder and renamed, so a crash leaves no half adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from fedlora_ray.config import ModelConfig
+from fedlora_ray.lora.adapter import Adapter
+from fedlora_ray.lora.model import base_model_id, lora_config
+
+_PEFT_SAVE_PREFIX = "base_model.model."
+
+
+def save_adapter(adapter: Adapter, cfg: ModelConfig, label_names: tuple[str, ...], out: Path) -> Path:
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    peft_cfg = lora_config(cfg)
+    peft_cfg.base_model_name_or_path = base_model_id(cfg)
+    peft_cfg.save_pretrained(str(tmp))
+    tensors = {}
+    for module, (b, a) in adapter.lora.items():
+        tensors[f"{_PEFT_SAVE_PREFIX}{module}.lora_B.weight"] = b.contiguous()
+        tensors[f"{_PEFT_SAVE_PREFIX}{module}.lora_A.weight"] = a.contiguous()
+    save_file(tensors, str(tmp / "adapter_model.safetensors"))
+    if adapter.head:
+        save_file({k: v.contiguous() for k, v in adapter.head.items()}, str(tmp / "classifier.safetensors"))
+    (tmp / "labels.json").write_text(json.dumps(list(label_names)))
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out

@@ -1,0 +1,41 @@
+"""SerialBackend: the whole run in one process, the reference the Ray backend must match."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedlora_ray.algorithm.client import ClientTrainer
+from fedlora_ray.algorithm.messages import ClientReply, ClientTask
+from fedlora_ray.algorithm.server import FederatedRun
+from fedlora_ray.config import RunConfig
+from fedlora_ray.lora.adapter import Adapter
+from fedlora_ray.train import EvalResult
+
+
+class SerialBackend:
+    def __init__(self, cfg: RunConfig) -> None:
+        torch.set_num_threads(cfg.runtime.torch_threads)
+        self.trainer = ClientTrainer(cfg, "cpu", actor_id="serial")
+
+    def initial_adapter(self) -> Adapter:
+        return self.trainer.initial_adapter()
+
+    def train(self, global_adapter: Adapter, tasks: list[ClientTask]) -> list[ClientReply]:
+        return self.trainer.train(global_adapter, tasks)
+
+    def evaluate(self, global_adapter: Adapter) -> EvalResult:
+        return self.trainer.evaluate(global_adapter)
+
+    def close(self) -> None:
+        pass
+
+
+def run_serial(cfg: RunConfig, run_dir: str | Path | None) -> dict[str, Any]:
+    backend = SerialBackend(cfg)
+    try:
+        return FederatedRun(cfg, backend, run_dir).run()
+    finally:
+        backend.close()

@@ -1,0 +1,121 @@
+"""One client's local training and the test-set evaluation: plain loops over tokenised tensors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    """A dataset tokenised once, padded to ``max_length``; batches are trimmed to their
+    longest example, so short glosses cost little."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def batch(self, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, ...]:
+        mask = self.attention_mask[idx]
+        width = int(mask.sum(1).max())
+        return (
+            self.input_ids[idx, :width].to(device, non_blocking=True),
+            mask[:, :width].to(device, non_blocking=True),
+            self.labels[idx].to(device, non_blocking=True),
+        )
+
+
+def tokenize(tokenizer, texts: tuple[str, ...], labels: np.ndarray, max_length: int) -> Tokenized:  # type: ignore[no-untyped-def]
+    enc = tokenizer(
+        list(texts), padding="max_length", truncation=True, max_length=max_length, return_tensors="pt"
+    )
+    return Tokenized(enc["input_ids"], enc["attention_mask"], torch.as_tensor(labels, dtype=torch.long))
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    mean_loss: float
+    steps: int
+
+
+def train_local(
+    model: nn.Module,
+    data: Tokenized,
+    indices: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    seed: int,
+    device: torch.device,
+) -> LocalResult:
+    """E epochs of AdamW on the client's examples [seed II-B]. The model already holds the
+    global adapter; a fresh optimiser per round, as each client restarts from the global
+    factors. Shuffling and dropout draw from ``seed`` only, so the result does not depend on
+    which process runs the client."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # dropout
+    idx_all = torch.as_tensor(indices, dtype=torch.long)
+    model.train()
+    total, steps = torch.zeros((), device=device), 0
+    for _ in range(epochs):
+        order = idx_all[torch.randperm(len(idx_all), generator=gen)]
+        for start in range(0, len(order), batch_size):
+            ids, mask, y = data.batch(order[start : start + batch_size], device)
+            loss = F.cross_entropy(model(ids, mask), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.detach()
+            steps += 1
+    model.eval()
+    return LocalResult(float(total) / max(steps, 1), steps)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    loss_sum: float
+    correct: int
+    count: int
+
+    @staticmethod
+    def combine(parts: list[EvalResult]) -> EvalResult:
+        return EvalResult(
+            sum(p.loss_sum for p in parts), sum(p.correct for p in parts), sum(p.count for p in parts)
+        )
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / max(self.count, 1)
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.count, 1)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, data: Tokenized, indices: np.ndarray, batch_size: int, device: torch.device
+) -> EvalResult:
+    """Summed loss and correct count over ``indices``; examples are taken in length order so
+    batches carry little padding (the sums do not depend on the order)."""
+    model.eval()
+    idx = torch.as_tensor(indices, dtype=torch.long)
+    idx = idx[torch.argsort(data.attention_mask[idx].sum(1), stable=True)]
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(idx), batch_size):
+        ids, mask, y = data.batch(idx[start : start + batch_size], device)
+        logits = model(ids, mask)
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(-1) == y).sum())
+    return EvalResult(loss_sum, correct, len(idx))
