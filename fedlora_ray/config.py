@@ -267,17 +267,17 @@ def validate(cfg: RunConfig) -> RunConfig:
             f"config field 'federation.clients_per_round' = {fed.clients_per_round}: must be "
             f"<= federation.num_clients ({fed.num_clients})"
         )
-    if data.num_categories > len(data.categories):
-        raise ConfigError(
-            f"config field 'data.num_categories' = {data.num_categories}: must be <= the "
-            f"{len(data.categories)} entries of data.categories"
-        )
     for i, cat in enumerate(data.categories):
         if cat not in WORDNET_NOUN_CATEGORIES:
             raise ConfigError(
                 f"config field 'data.categories[{i}]' = {cat!r}: allowed values are the WordNet "
                 f"noun categories {', '.join(WORDNET_NOUN_CATEGORIES)}"
             )
+    if data.num_categories > len(data.categories):
+        raise ConfigError(
+            f"config field 'data.num_categories' = {data.num_categories}: must be <= the "
+            f"{len(data.categories)} entries of data.categories"
+        )
     if len(set(data.categories)) != len(data.categories):
         raise ConfigError(f"config field 'data.categories' = {list(data.categories)}: repeats a name")
     if data.test_per_class >= data.per_class_cap:

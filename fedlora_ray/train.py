@@ -65,7 +65,7 @@ def train_local(
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout
-    idx_all = torch.as_tensor(indices, dtype=torch.long)
+    idx_all = torch.tensor(np.asarray(indices), dtype=torch.long)  # copy: Ray hands read-only arrays
     model.train()
     total, steps = torch.zeros((), device=device), 0
     for _ in range(epochs):
@@ -110,7 +110,7 @@ def evaluate(
     """Summed loss and correct count over ``indices``; examples are taken in length order so
     batches carry little padding (the sums do not depend on the order)."""
     model.eval()
-    idx = torch.as_tensor(indices, dtype=torch.long)
+    idx = torch.tensor(np.asarray(indices), dtype=torch.long)
     idx = idx[torch.argsort(data.attention_mask[idx].sum(1), stable=True)]
     loss_sum, correct = 0.0, 0
     for start in range(0, len(idx), batch_size):

@@ -32,13 +32,17 @@ def format_progress(row: dict[str, Any], rounds: int) -> str:
     )
 
 
+def _print_flush(line: str) -> None:
+    print(line, flush=True)  # flushed: a Ray actor's stdout reaches the job log line by line
+
+
 class FederatedRun:
     def __init__(
         self,
         cfg: RunConfig,
         backend: Backend,
         run_dir: str | Path | None = None,
-        progress: Callable[[str], None] | None = print,
+        progress: Callable[[str], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.backend = backend
@@ -53,7 +57,7 @@ class FederatedRun:
         self.round = 0
         self.history: list[dict[str, Any]] = []
         self.log = RunLog(run_dir, cfg.to_dict(), cfg.log.flush_every) if run_dir else None
-        self.progress = progress if cfg.runtime.progress else None
+        self.progress = (progress or _print_flush) if cfg.runtime.progress else None
         self._start = time.perf_counter()
 
     def run_round(self) -> dict[str, Any]:

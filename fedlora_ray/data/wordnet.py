@@ -22,11 +22,13 @@ _QUOTED = re.compile(r'"[^"]*"')
 
 
 def clean_gloss(gloss: str) -> str:
-    """Drop quoted usage examples and the separators they leave behind."""
+    """Drop quoted usage examples and the separators they leave behind. A few WordNet glosses
+    have an unpaired quote; the ';'-separated part holding it is an example and goes too."""
     text = _QUOTED.sub("", gloss)
-    text = re.sub(r"(\s*;\s*)+$", "", text.strip())
-    text = re.sub(r"\s*;\s*(;\s*)+", "; ", text)
-    return re.sub(r"\s+", " ", text).strip(" ;")
+    if '"' in text:
+        text = ";".join(part for part in text.split(";") if '"' not in part)
+    parts = [p.strip() for p in text.split(";")]
+    return re.sub(r"\s+", " ", "; ".join(p for p in parts if p)).strip(" ;:,")
 
 
 def read_noun_glosses(wordnet_dir: str | Path) -> dict[str, list[tuple[int, str]]]:

@@ -1,0 +1,63 @@
+"""The ``fedlora-ray`` console command.
+
+    fedlora-ray run CONFIG.yaml [--out RUN_DIR] [--set a.b=value ...]
+    fedlora-ray fields            # every config field with its default and help
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from fedlora_ray.config import ConfigError, RunConfig, help_table, load_config
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fedlora-ray", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run one federated job")
+    run.add_argument("config", help="YAML config file")
+    run.add_argument("--out", help="run directory (default runs/NAME-TIMESTAMP)")
+    run.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="a.b=value",
+        help="override a config field (repeatable)",
+    )  # fmt: skip
+    sub.add_parser("fields", help="list every config field with its default and help")
+    return p
+
+
+def run_command(cfg: RunConfig, out: Path) -> dict:
+    if (out / "rounds.parquet").exists():
+        raise ConfigError(f"--out {str(out)!r} already holds a run's logs; choose another folder")
+    if cfg.runtime.backend == "serial":
+        from fedlora_ray.simulate import run_serial
+
+        return run_serial(cfg, out)
+    from actors.launch import run_on_ray
+
+    return run_on_ray(cfg, out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "fields":
+        for name, default, text in help_table():
+            print(f"{name} = {json.dumps(list(default) if isinstance(default, tuple) else default)}\n    {text}")
+        return 0
+    try:
+        cfg = load_config(args.config, args.overrides)
+        out = Path(args.out or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        summary = run_command(cfg, out)
+    except ConfigError as err:
+        print(f"fedlora-ray: error: {err}", file=sys.stderr)
+        return 2
+    print(f"run directory: {out}")
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""ClientActor: one resident base model per actor; trains a batch of clients per call."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import ray
+import torch
+
+from fedlora_ray.algorithm.client import ClientTrainer
+from fedlora_ray.algorithm.messages import ClientReply, ClientTask
+from fedlora_ray.config import RunConfig
+from fedlora_ray.lora.adapter import Adapter
+from fedlora_ray.train import EvalResult
+
+
+def assigned_device(num_gpus: float) -> tuple[torch.device, str]:
+    """The device Ray gave this actor: Ray sets CUDA_VISIBLE_DEVICES to its GPU, so it is
+    cuda:0 here. With a GPU share but no usable CUDA (faked GPU resources) it falls back to CPU
+    and says so."""
+    gpu_ids = ray.get_gpu_ids()
+    if not gpu_ids:
+        return torch.device("cpu"), "no GPU assigned"
+    if not torch.cuda.is_available():
+        return torch.device("cpu"), f"GPU {gpu_ids} assigned but CUDA unavailable: using CPU"
+    # Ray does not enforce fractional GPUs; cap this process's share so neighbours never OOM.
+    torch.cuda.set_per_process_memory_fraction(min(1.0, num_gpus), 0)
+    return torch.device("cuda", 0), f"GPU {gpu_ids}"
+
+
+@ray.remote
+class ClientActor:
+    def __init__(self, cfg: RunConfig, actor_id: str) -> None:
+        torch.set_num_threads(cfg.runtime.torch_threads)
+        device, self._device_note = assigned_device(cfg.runtime.num_gpus_per_actor)
+        self.trainer = ClientTrainer(cfg, device, actor_id)
+
+    def info(self) -> dict[str, Any]:
+        dev = self.trainer.device
+        return {
+            "actor_id": self.trainer.actor_id,
+            "pid": os.getpid(),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "device": str(dev),
+            "device_note": self._device_note,
+            "cuda_memory_bytes": torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else 0,
+            "torch_threads": torch.get_num_threads(),
+        }
+
+    def initial_adapter(self) -> Adapter:
+        return self.trainer.initial_adapter()
+
+    def train(self, global_adapter: Adapter, tasks: list[ClientTask]) -> list[ClientReply]:
+        return self.trainer.train(global_adapter, tasks)
+
+    def evaluate(self, global_adapter: Adapter, part: int, parts: int) -> EvalResult:
+        return self.trainer.evaluate(global_adapter, part, parts)

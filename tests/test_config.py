@@ -1,0 +1,91 @@
+"""Config: YAML + overrides build one frozen tree; bad values stop the run with a clear error."""
+
+import dataclasses
+
+import pytest
+
+from fedlora_ray.config import ConfigError, RunConfig, help_table, load_config, parse_override, replace
+from tests.conftest import ROOT, tiny_config
+
+
+def test_defaults_are_valid_and_frozen():
+    cfg = load_config()
+    assert cfg == RunConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.federation.rounds = 3  # type: ignore[misc]
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("federation:\n  rounds: 7\n  lr: 5e-4\nmodel:\n  target_modules: [query]\n")
+    cfg = load_config(path, ["federation.rounds=9", "data.partition=iid"])
+    assert cfg.federation.rounds == 9  # override wins over the file
+    assert cfg.federation.lr == pytest.approx(5e-4)  # YAML 1.1 reads 5e-4 as a string
+    assert cfg.model.target_modules == ("query",)
+    assert cfg.data.partition == "iid"
+    assert cfg.model.lora_rank == 8  # untouched default
+
+
+def test_replace_and_roundtrip_through_dict():
+    cfg = replace(tiny_config(), "federation.seed=5")
+    assert cfg.federation.seed == 5
+    assert load_config(None, base=cfg.to_dict()) == cfg
+
+
+def test_parse_override_reads_yaml_values():
+    assert parse_override("a.b=3") == (["a", "b"], 3)
+    assert parse_override("a=[x, y]") == (["a"], ["x", "y"])
+    with pytest.raises(ConfigError, match="section.field=value"):
+        parse_override("nonsense")
+
+
+def test_every_field_has_help():
+    rows = help_table()
+    assert len(rows) > 30
+    assert all(text for _, _, text in rows), [n for n, _, t in rows if not t]
+
+
+def test_shipped_configs_are_valid():
+    for path in sorted((ROOT / "jobs" / "configs").glob("*.yaml")):
+        load_config(path)
+
+
+BAD = [
+    # (override, the field named in the message, a fragment of what is allowed)
+    ("model.lora_rank=-1", "model.lora_rank", ">= 1"),
+    ("model.lora_rank=0", "model.lora_rank", ">= 1"),
+    ("federation.clients_per_round=200", "federation.clients_per_round", "<= federation.num_clients"),
+    ("foo.bar=1", "foo", "allowed keys"),
+    ("federation.not_a_field=1", "federation.not_a_field", "allowed keys here"),
+    ("data.wordnet_dir=/no/such/dir", "data.wordnet_dir", "no data.noun"),
+    ("data.partition=random", "data.partition", "'iid', 'shards', 'dirichlet'"),
+    ("model.name=gpt9", "model.name", "'minilm', 'tiny'"),
+    ("federation.lr=fast", "federation.lr", "expected a number"),
+    ("federation.lr=0", "federation.lr", "> 0"),
+    ("federation.rounds=2.5", "federation.rounds", "expected an integer"),
+    ("federation.rounds=true", "federation.rounds", "expected an integer"),
+    ("runtime.num_gpus_per_actor=-0.5", "runtime.num_gpus_per_actor", ">= 0"),
+    ("runtime.num_gpus_per_actor=1.5", "runtime.num_gpus_per_actor", "whole number"),
+    ("data.num_categories=12", "data.num_categories", "<= the 8 entries"),
+    ("data.categories=[animal, dragons]", "data.categories[1]", "WordNet noun categories"),
+    ("data.test_per_class=600", "data.test_per_class", "< data.per_class_cap"),
+    ("data.dirichlet_alpha=0", "data.dirichlet_alpha", "> 0"),
+    ("runtime.progress=maybe", "runtime.progress", "true or false"),
+    ("model.lora_dropout=0.95", "model.lora_dropout", "<= 0.9"),
+    ("model.target_modules=[]", "model.target_modules", "at least one"),
+    ("federation=3", "federation", "must be a mapping"),
+]
+
+
+@pytest.mark.parametrize(("override", "field", "allowed"), BAD, ids=[b[0] for b in BAD])
+def test_bad_value_names_field_value_and_range(override, field, allowed):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    message = str(err.value)
+    assert f"'{field}'" in message
+    assert allowed in message
+
+
+def test_missing_config_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
