@@ -26,9 +26,9 @@ class RayBackend:
             "max_task_retries": 2,
         }
         self.actors = [ClientActor.options(**options).remote(cfg, f"actor-{i}") for i in range(rt.num_actors)]  # type: ignore[attr-defined]
-        self._info = ray.get([a.info.remote() for a in self.actors])
+        ray.get([a.info.remote() for a in self.actors])  # wait until every actor is built
 
-    def actor_info(self) -> list[dict[str, Any]]:
+    def describe(self) -> list[dict[str, Any]]:
         return ray.get([a.info.remote() for a in self.actors])
 
     def initial_adapter(self) -> Adapter:

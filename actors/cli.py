@@ -1,7 +1,7 @@
 """The ``fedlora-ray`` console command.
 
-    fedlora-ray run CONFIG.yaml [--out RUN_DIR] [--set a.b=value ...]
-    fedlora-ray fields            # every config field with its default and help
+fedlora-ray run CONFIG.yaml [--out RUN_DIR] [--set a.b=value ...]
+fedlora-ray fields            # every config field with its default and help
 """
 
 from __future__ import annotations
@@ -45,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "fields":
         for name, default, text in help_table():
-            print(f"{name} = {json.dumps(list(default) if isinstance(default, tuple) else default)}\n    {text}")
+            print(
+                f"{name} = {json.dumps(list(default) if isinstance(default, tuple) else default)}\n    {text}"
+            )
         return 0
     try:
         cfg = load_config(args.config, args.overrides)

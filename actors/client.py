@@ -37,16 +37,12 @@ class ClientActor:
         self.trainer = ClientTrainer(cfg, device, actor_id)
 
     def info(self) -> dict[str, Any]:
-        dev = self.trainer.device
         return {
-            "actor_id": self.trainer.actor_id,
+            **self.trainer.describe(),
             "pid": os.getpid(),
             "node_id": ray.get_runtime_context().get_node_id(),
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
-            "device": str(dev),
             "device_note": self._device_note,
-            "cuda_memory_bytes": torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else 0,
-            "torch_threads": torch.get_num_threads(),
         }
 
     def initial_adapter(self) -> Adapter:

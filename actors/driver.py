@@ -17,8 +17,8 @@ class DriverActor:
         self.backend = RayBackend(cfg)
         self.federated = FederatedRun(cfg, self.backend, run_dir)
 
-    def actor_info(self) -> list[dict[str, Any]]:
-        return self.backend.actor_info()
+    def describe(self) -> list[dict[str, Any]]:
+        return self.backend.describe()
 
     def run(self) -> dict[str, Any]:
         try:

@@ -56,7 +56,7 @@ class ModelConfig:
         choices=("minilm", "tiny"),
     )
     lora_rank: int = fld(8, "LoRA rank r.", ge=1, le=1024)
-    lora_alpha: float = fld(16.0, "LoRA alpha; the update is scaled by alpha / r.", gt=0)
+    lora_alpha: int = fld(16, "LoRA alpha; the update is scaled by alpha / r.", ge=1)
     target_modules: tuple[str, ...] = fld(
         ("query", "value"), "Names of the linear modules that get LoRA factors."
     )
@@ -137,8 +137,7 @@ class RuntimeConfig:
     torch_threads: int = fld(1, "torch intra-op threads per client actor (and the serial backend).", ge=1)  # noqa: E501
     ray_address: str = fld(
         "",
-        "Ray cluster address; empty uses RAY_ADDRESS (set by `ray job submit`) or starts a "
-        "local cluster.",
+        "Ray cluster address; empty uses RAY_ADDRESS (set by `ray job submit`) or starts a local cluster.",
     )
     progress: bool = fld(True, "Print one progress line per round.")
 
@@ -147,8 +146,7 @@ class RuntimeConfig:
 class LogConfig:
     flush_every: int = fld(
         1,
-        "Rewrite the Parquet files every this many rounds (1: a killed run keeps every "
-        "finished round).",
+        "Rewrite the Parquet files every this many rounds (1: a killed run keeps every finished round).",
         ge=1,
     )
     save_adapter: bool = fld(True, "Save the final global adapter in peft's format.")
@@ -363,4 +361,3 @@ def help_table(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, Any, 
         else:
             rows.append((path, value, f.metadata.get("help", "")))
     return rows
-

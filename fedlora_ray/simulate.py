@@ -29,6 +29,9 @@ class SerialBackend:
     def evaluate(self, global_adapter: Adapter) -> EvalResult:
         return self.trainer.evaluate(global_adapter)
 
+    def describe(self) -> list[dict[str, Any]]:
+        return [self.trainer.describe()]
+
     def close(self) -> None:
         pass
 

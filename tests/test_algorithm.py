@@ -38,7 +38,10 @@ def test_fedavg_averages_each_factor_separately_by_data_share():
         for f in (0, 1):
             expect = 0.25 * ups[0].lora[m][f] + 0.25 * ups[1].lora[m][f] + 0.5 * ups[2].lora[m][f]
             torch.testing.assert_close(out.lora[m][f], expect)
-    torch.testing.assert_close(out.head["weight"], 0.25 * ups[0].head["weight"] + 0.25 * ups[1].head["weight"] + 0.5 * ups[2].head["weight"])  # noqa: E501
+    torch.testing.assert_close(
+        out.head["weight"],
+        0.25 * ups[0].head["weight"] + 0.25 * ups[1].head["weight"] + 0.5 * ups[2].head["weight"],
+    )  # noqa: E501
 
 
 def test_covariance_matches_its_definition():

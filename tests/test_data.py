@@ -12,7 +12,7 @@ from tests.conftest import tiny_config
 def test_clean_gloss_drops_quoted_examples():
     raw = 'a domestic animal; "the dog barked all night"; "a long life"  '
     assert clean_gloss(raw) == "a domestic animal"
-    assert clean_gloss('any of various rodents  ') == "any of various rodents"
+    assert clean_gloss("any of various rodents  ") == "any of various rodents"
     assert clean_gloss('a swap: "he sent Smith in"') == "a swap"
     assert clean_gloss('goods; women carrying shopping glance"') == "goods"  # unpaired quote
 
@@ -35,7 +35,9 @@ def test_split_is_fixed_balanced_and_disjoint():
     again_train, again_test = load_wordnet(cfg)
     assert again_test.texts == test.texts and again_train.texts == train.texts
     # The split depends on split_seed only; the test set is the head of the same draw.
-    bigger_train, bigger_test = load_wordnet(tiny_config("data.per_class_cap=80", "data.test_per_class=10").data)
+    bigger_train, bigger_test = load_wordnet(
+        tiny_config("data.per_class_cap=80", "data.test_per_class=10").data
+    )
     assert bigger_test.texts == test.texts
 
 

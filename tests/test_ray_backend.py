@@ -14,7 +14,15 @@ from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.ray
 
-EXACT_ROUND_COLUMNS = ["round", "sampled", "examples", "train_loss", "test_accuracy", "covariance", "uplink_bits"]
+EXACT_ROUND_COLUMNS = [
+    "round",
+    "sampled",
+    "examples",
+    "train_loss",
+    "test_accuracy",
+    "covariance",
+    "uplink_bits",
+]
 EXACT_CLIENT_COLUMNS = ["round", "client_id", "examples", "weight", "steps", "local_loss", "bits_sent"]
 
 
@@ -22,17 +30,24 @@ def test_serial_and_ray_with_one_and_two_actors_give_the_same_numbers(ray_sessio
     cfg = tiny_config("federation.rounds=2")
     run_serial(cfg, tmp_path / "serial")
     for n in (1, 2):
-        run_on_ray(tiny_config("federation.rounds=2", "runtime.backend=ray", f"runtime.num_actors={n}"), tmp_path / f"ray{n}")
+        run_on_ray(
+            tiny_config("federation.rounds=2", "runtime.backend=ray", f"runtime.num_actors={n}"),
+            tmp_path / f"ray{n}",
+        )
     ref_rounds = pd.read_parquet(tmp_path / "serial" / "rounds.parquet")
     ref_clients = pd.read_parquet(tmp_path / "serial" / "clients.parquet")
     ref_adapter = load_file(str(tmp_path / "serial" / "adapter" / "adapter_model.safetensors"))
     for n in (1, 2):
         rounds = pd.read_parquet(tmp_path / f"ray{n}" / "rounds.parquet")
         clients = pd.read_parquet(tmp_path / f"ray{n}" / "clients.parquet")
-        pd.testing.assert_frame_equal(rounds[EXACT_ROUND_COLUMNS], ref_rounds[EXACT_ROUND_COLUMNS], check_exact=True)
+        pd.testing.assert_frame_equal(
+            rounds[EXACT_ROUND_COLUMNS], ref_rounds[EXACT_ROUND_COLUMNS], check_exact=True
+        )
         # the test loss is summed over a different split of the test set per actor
         pd.testing.assert_series_equal(rounds["test_loss"], ref_rounds["test_loss"], rtol=1e-6)
-        pd.testing.assert_frame_equal(clients[EXACT_CLIENT_COLUMNS], ref_clients[EXACT_CLIENT_COLUMNS], check_exact=True)
+        pd.testing.assert_frame_equal(
+            clients[EXACT_CLIENT_COLUMNS], ref_clients[EXACT_CLIENT_COLUMNS], check_exact=True
+        )
         assert set(clients["actor_id"]) == {f"actor-{i}" for i in range(n)}
         adapter = load_file(str(tmp_path / f"ray{n}" / "adapter" / "adapter_model.safetensors"))
         assert adapter.keys() == ref_adapter.keys()
@@ -46,7 +61,7 @@ def test_fractional_gpus_pack_two_actors_per_gpu(ray_session):
                       "runtime.num_cpus_per_actor=0.5")  # fmt: skip
     backend = RayBackend(cfg)
     try:
-        info = backend.actor_info()
+        info = backend.describe()
         per_gpu = Counter(g for i in info for g in i["gpu_ids"])
         assert all(len(i["gpu_ids"]) == 1 for i in info)
         assert sorted(per_gpu.values()) == [2, 2]

@@ -12,7 +12,14 @@ from fedlora_ray.logging import CLIENTS_SCHEMA, ROUNDS_SCHEMA, RunLog
 
 
 def _round(t):
-    return {"round": t, "sampled": 2, "examples": 10, "train_loss": 1.0 / t, "covariance": 0.5, "uplink_bits": 64}
+    return {
+        "round": t,
+        "sampled": 2,
+        "examples": 10,
+        "train_loss": 1.0 / t,
+        "covariance": 0.5,
+        "uplink_bits": 64,
+    }
 
 
 def _clients(t):

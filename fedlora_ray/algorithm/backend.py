@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from fedlora_ray.algorithm.messages import ClientReply, ClientTask
 from fedlora_ray.lora.adapter import Adapter
@@ -20,6 +20,10 @@ class Backend(Protocol):
 
     def evaluate(self, global_adapter: Adapter) -> EvalResult:
         """Loss and accuracy of ``global_adapter`` on the whole test split."""
+        ...
+
+    def describe(self) -> list[dict[str, Any]]:
+        """One entry per worker: its id, device and peak memory (goes into summary.json)."""
         ...
 
     def close(self) -> None: ...

@@ -8,6 +8,7 @@ backend holds one, every Ray client actor holds one.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,6 +33,16 @@ class ClientTrainer:
         self.test_data = tokenize(tokenizer, test.texts, test.labels, cfg.model.max_length)
         self.model = build_model(cfg.model, len(train.label_names), cfg.federation.seed).to(self.device)
         self._initial = get_adapter(self.model)
+
+    def describe(self) -> dict[str, Any]:
+        cuda = self.device.type == "cuda"
+        return {
+            "actor_id": self.actor_id,
+            "device": str(self.device),
+            "torch_threads": torch.get_num_threads(),
+            "cuda_max_allocated_bytes": torch.cuda.max_memory_allocated(self.device) if cuda else 0,
+            "cuda_max_reserved_bytes": torch.cuda.max_memory_reserved(self.device) if cuda else 0,
+        }
 
     def initial_adapter(self) -> Adapter:
         return self._initial.clone()

@@ -67,7 +67,13 @@ class FederatedRun:
         round_start = time.perf_counter()
         sampled = sample_clients(fed.seed, t, fed.num_clients, fed.clients_per_round)
         tasks = [
-            ClientTask(int(i), t, client_seed(fed.seed, t, int(i)), self.partition[i], self.client_state.get(int(i), {}))
+            ClientTask(
+                int(i),
+                t,
+                client_seed(fed.seed, t, int(i)),
+                self.partition[i],
+                self.client_state.get(int(i), {}),
+            )
             for i in sampled
         ]
         replies = sorted(self.backend.train(self.global_adapter, tasks), key=lambda r: r.client_id)
@@ -133,6 +139,7 @@ class FederatedRun:
             "best_test_accuracy": max((r["test_accuracy"] for r in evaluated), default=None),
             "uplink_bits": sum(r["uplink_bits"] for r in self.history),
             "elapsed_seconds": time.perf_counter() - self._start,
+            "workers": self.backend.describe(),
         }
         if self.log:
             self.log.close()

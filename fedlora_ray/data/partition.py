@@ -23,10 +23,7 @@ def shards(
     order = np.argsort(labels, kind="stable")
     pieces = np.array_split(order, num_clients * shards_per_client)
     dealt = rng.permutation(len(pieces))
-    return [
-        np.sort(np.concatenate([pieces[j] for j in dealt[i::num_clients]]))
-        for i in range(num_clients)
-    ]
+    return [np.sort(np.concatenate([pieces[j] for j in dealt[i::num_clients]])) for i in range(num_clients)]
 
 
 def dirichlet(

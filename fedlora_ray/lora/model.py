@@ -83,7 +83,7 @@ def build_model(cfg: ModelConfig, num_labels: int, seed: int) -> TextClassifier:
     encoder = build_encoder(cfg, seed)
     torch.manual_seed(seed + 1)
     peft_encoder = get_peft_model(encoder, lora_config(cfg))
-    hidden = int(encoder.config.hidden_size)
+    hidden = int(encoder.config.hidden_size)  # type: ignore[union-attr,arg-type]
     model = TextClassifier(peft_encoder, hidden, num_labels)
     for p in model.head.parameters():
         p.requires_grad_(cfg.train_head)

@@ -1,0 +1,31 @@
+# `make quickstart` runs the main job; `make test` runs the whole suite. Both install first.
+VENV := .venv
+BIN := $(VENV)/bin
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
+export RAY_USAGE_STATS_ENABLED := 0
+export RAY_AUTH_MODE := disabled
+export HF_HUB_OFFLINE := 1
+
+.PHONY: install quickstart smoke test lint bench
+
+$(VENV)/.installed: pyproject.toml constraints.txt scripts/setup.sh
+	scripts/setup.sh
+
+install: $(VENV)/.installed
+
+quickstart: install
+	$(BIN)/fedlora-ray run jobs/configs/quickstart.yaml
+
+smoke: install
+	$(BIN)/fedlora-ray run jobs/configs/smoke.yaml
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy fedlora_ray
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python benchmarks/round_overhead.py

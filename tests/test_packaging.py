@@ -1,0 +1,47 @@
+"""Layout rules: the science package never needs ray; cluster.yaml matches Ray's own schema."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from tests.conftest import ROOT
+
+
+def test_fedlora_ray_imports_with_ray_blocked():
+    code = (
+        "import sys, pkgutil, importlib; sys.modules['ray'] = None\n"
+        "import fedlora_ray\n"
+        "for m in pkgutil.walk_packages(fedlora_ray.__path__, 'fedlora_ray.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "assert not any(k == 'ray' or k.startswith('ray.') for k, v in sys.modules.items() if v)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_cluster_yaml_validates_against_rays_schema():
+    import ray
+
+    schema = json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
+    config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    jsonschema.validate(config, schema)
+    types = config["available_node_types"]
+    assert "gpu_worker" in types and "InstanceType" in types["head"]["node_config"]
+    assert any("pip install" in c and "fedlora-ray" in c for c in config["setup_commands"])
+
+
+def test_a_cluster_yaml_with_a_typo_fails_the_same_check():
+    import ray
+
+    schema = json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
+    config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    config["max_worker"] = config.pop("max_workers")
+    try:
+        jsonschema.validate(config, schema)
+    except jsonschema.ValidationError:
+        return
+    raise AssertionError("the schema accepted an unknown key")
