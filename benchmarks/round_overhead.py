@@ -6,8 +6,9 @@ training and aggregation on:
   (b) serial:  the SerialBackend under FederatedRun;
   (c) ray-1 / ray-2: the RayBackend with 1 and 2 client actors under FederatedRun.
 Evaluation is off in all of them. Equal threads: (a), (b) and ray-1 use T threads, ray-2 uses
-two actors of T/2. Rounds 1..warmup are discarded; the median of the rest is reported, all
-configurations measured in this one run, and ratios to (a) printed and written to
+two actors of T/2. All four live in this one run and their rounds are interleaved, the order
+rotating each round, so that machine drift hits them alike. Rounds 1..warmup are discarded;
+the median of the rest is reported, with ratios to (a), printed and written to
 benchmarks/results/round_overhead.{json,md}.
 
     python benchmarks/round_overhead.py [--rounds 4] [--warmup 1] [--threads 2] [--set a.b=v ...]
@@ -46,61 +47,54 @@ from fedlora_ray.simulate import SerialBackend  # noqa: E402
 from fedlora_ray.train import tokenize  # noqa: E402
 
 
-def bare_rounds(cfg: RunConfig, rounds: int) -> list[float]:
-    """The same clients, the same batches, no framework: the floor a round can reach."""
-    fed = cfg.federation
-    torch.set_num_threads(cfg.runtime.torch_threads)
-    train, _ = load_wordnet(cfg.data)
-    data = tokenize(load_tokenizer(cfg.model), train.texts, train.labels, cfg.model.max_length)
-    parts = partition_indices(train.labels, fed.num_clients, cfg.data, fed.seed)
-    model = build_model(cfg.model, len(train.label_names), fed.seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    global_state = [p.detach().clone() for p in params]
-    times = []
-    for t in range(1, rounds + 1):
-        start = time.perf_counter()
-        sums = [torch.zeros_like(g) for g in global_state]
+class BareLoop:
+    """The same clients and batches with no framework: the floor a round can reach."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        train, _ = load_wordnet(cfg.data)
+        self.data = tokenize(load_tokenizer(cfg.model), train.texts, train.labels, cfg.model.max_length)
+        fed = cfg.federation
+        self.parts = partition_indices(train.labels, fed.num_clients, cfg.data, fed.seed)
+        self.model = build_model(cfg.model, len(train.label_names), fed.seed)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.global_state = [p.detach().clone() for p in self.params]
+        self.round = 0
+
+    def run_round(self) -> None:
+        fed, model, params = self.cfg.federation, self.model, self.params
+        self.round += 1
+        t = self.round
+        sums = [torch.zeros_like(g) for g in self.global_state]
         clients = sample_clients(fed.seed, t, fed.num_clients, fed.clients_per_round)
-        total = sum(len(parts[i]) for i in clients)
+        total = sum(len(self.parts[i]) for i in clients)
         for i in clients:
             with torch.no_grad():
-                for p, g in zip(params, global_state):
+                for p, g in zip(params, self.global_state):
                     p.copy_(g)
             opt = torch.optim.AdamW(params, lr=fed.lr, weight_decay=fed.weight_decay)
             seed = client_seed(fed.seed, t, int(i))
             gen = torch.Generator().manual_seed(seed)
             torch.manual_seed(seed)
-            idx = torch.tensor(parts[i])
+            idx = torch.tensor(self.parts[i])
             model.train()
             for _ in range(fed.local_epochs):
                 order = idx[torch.randperm(len(idx), generator=gen)]
                 for s in range(0, len(order), fed.batch_size):
-                    ids, mask, y = data.batch(order[s : s + fed.batch_size], torch.device("cpu"))
+                    ids, mask, y = self.data.batch(order[s : s + fed.batch_size], torch.device("cpu"))
                     loss = F.cross_entropy(model(ids, mask), y)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
             with torch.no_grad():
                 for acc, p in zip(sums, params):
-                    acc.add_(p, alpha=len(parts[i]) / total)
-        global_state = sums
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def framework_rounds(cfg: RunConfig, backend: object, rounds: int) -> list[float]:
-    run = FederatedRun(cfg, backend, None, progress=None)  # type: ignore[arg-type]
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        run.run_round()
-        times.append(time.perf_counter() - start)
-    return times
+                    acc.add_(p, alpha=len(self.parts[i]) / total)
+        self.global_state = sums
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
@@ -120,20 +114,25 @@ def main() -> None:
         # the last round is always evaluated; push it past the rounds we time
         return load_config(None, [*base, *extra, f"federation.rounds={c.federation.rounds + 1}"])
 
-    results: dict[str, list[float]] = {}
+    # Every runtime stays alive and the rounds are interleaved (the order rotating each round),
+    # so that the machine's drift hits all of them alike. The in-process runtimes share T
+    # threads; idle Ray actors take no CPU.
     only = args.only.split(",")
+    runtimes: dict[str, object] = {}
     if "bare" in only:
-        results["bare"] = bare_rounds(cfg_for(f"runtime.torch_threads={t}"), args.rounds)
+        torch.set_num_threads(t)
+        runtimes["bare"] = BareLoop(cfg_for(f"runtime.torch_threads={t}"))
     if "serial" in only:
         cfg = cfg_for(f"runtime.torch_threads={t}", "runtime.backend=serial")
-        results["serial"] = framework_rounds(cfg, SerialBackend(cfg), args.rounds)
+        runtimes["serial"] = FederatedRun(cfg, SerialBackend(cfg), None, progress=None)
     ray_runs = [(n, th) for n, th in ((1, t), (2, max(1, t // 2))) if f"ray-{n}" in only]
+    backends = []
     if ray_runs:
         import ray
 
         from actors.backend import RayBackend
 
-        ray.init(address="local", include_dashboard=False, num_cpus=max(2, t), log_to_driver=False)
+        ray.init(address="local", include_dashboard=False, num_cpus=2 * max(2, t), log_to_driver=False)
         for n, threads in ray_runs:
             cfg = cfg_for(
                 "runtime.backend=ray",
@@ -141,9 +140,19 @@ def main() -> None:
                 f"runtime.torch_threads={threads}",
                 f"runtime.num_cpus_per_actor={t / n}",
             )
-            backend = RayBackend(cfg)
-            results[f"ray-{n}"] = framework_rounds(cfg, backend, args.rounds)
-            backend.close()
+            backends.append(RayBackend(cfg))
+            runtimes[f"ray-{n}"] = FederatedRun(cfg, backends[-1], None, progress=None)
+    names = list(runtimes)
+    results: dict[str, list[float]] = {k: [] for k in names}
+    for r in range(args.rounds):
+        for k in names[r % len(names) :] + names[: r % len(names)]:
+            start = time.perf_counter()
+            runtimes[k].run_round()  # type: ignore[attr-defined]
+            results[k].append(time.perf_counter() - start)
+        print(f"round {r + 1}: " + "  ".join(f"{k} {results[k][-1]:.2f}s" for k in names), flush=True)
+    for b in backends:
+        b.close()
+    if backends:
         ray.shutdown()
 
     median = {k: statistics.median(v[args.warmup :]) for k, v in results.items()}

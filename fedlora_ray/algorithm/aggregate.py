@@ -11,7 +11,7 @@ from fedlora_ray.lora.adapter import Adapter
 
 def fedavg(uploads: Sequence[Adapter], weights: Sequence[float]) -> Adapter:
     """Average B and A **separately**, weighted by the data shares renormalised over the
-    sampled set [seed II-B, eq. (5)]. The head, when trained, is averaged the same way."""
+    sampled set [seed II-B]. The head, when trained, is averaged the same way."""
     w = torch.tensor(weights, dtype=torch.float64)
     w = (w / w.sum()).to(torch.float32)
     first = uploads[0]

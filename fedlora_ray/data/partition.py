@@ -35,7 +35,7 @@ def dirichlet(
     max_tries: int = 1000,
 ) -> list[np.ndarray]:
     """Per class, client proportions ~ Dirichlet(alpha); redrawn until every client holds at
-    least ``min_examples`` (the usual recipe: an empty client cannot train)."""
+    least ``min_examples`` (ours, the usual recipe: an empty client cannot train)."""
     classes = np.unique(labels)
     for _ in range(max_tries):
         parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]

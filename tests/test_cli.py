@@ -1,0 +1,36 @@
+"""The console command: a bad config stops before any work; a good one writes a run directory."""
+
+import json
+
+import pandas as pd
+
+from actors.cli import main
+from tests.conftest import ROOT, TINY
+
+
+def test_bad_config_exits_with_the_field_named_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(
+        ["run", str(ROOT / "jobs/configs/smoke.yaml"), "--out", str(out), "--set", "model.lora_rank=-2"]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "'model.lora_rank' = -2" in err and ">= 1" in err
+    assert not out.exists()
+
+
+def test_serial_run_through_the_cli(tmp_path, capsys):
+    out = tmp_path / "run"
+    sets = [arg for item in TINY for arg in ("--set", item)]
+    assert main(["run", str(ROOT / "jobs/configs/smoke.yaml"), "--out", str(out), *sets]) == 0
+    assert json.loads((out / "config.json").read_text())["runtime"]["backend"] == "serial"
+    assert len(pd.read_parquet(out / "rounds.parquet")) == 2
+    assert "run directory" in capsys.readouterr().out
+    # the same folder is never overwritten
+    assert main(["run", str(ROOT / "jobs/configs/smoke.yaml"), "--out", str(out), *sets]) == 2
+
+
+def test_fields_lists_every_field_with_help(capsys):
+    assert main(["fields"]) == 0
+    text = capsys.readouterr().out
+    assert "federation.clients_per_round = 10" in text and "runtime.num_gpus_per_actor" in text
