@@ -7,6 +7,7 @@ backend holds one, every Ray client actor holds one.
 
 from __future__ import annotations
 
+import resource
 import time
 from typing import Any
 
@@ -42,6 +43,8 @@ class ClientTrainer:
             "torch_threads": torch.get_num_threads(),
             "cuda_max_allocated_bytes": torch.cuda.max_memory_allocated(self.device) if cuda else 0,
             "cuda_max_reserved_bytes": torch.cuda.max_memory_reserved(self.device) if cuda else 0,
+            # peak resident memory of this process (Linux reports KiB): what sizes an actor
+            "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         }
 
     def initial_adapter(self) -> Adapter:
