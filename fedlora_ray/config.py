@@ -121,6 +121,41 @@ class FederationConfig:
 
 
 @dataclass(frozen=True)
+class CompressionConfig:
+    method: str = fld(
+        "none",
+        "Uplink sparsifier: 'none' (ILoRA, dense), 'soft' (seed III), 'flasc', 'rlora', "
+        "'hetlora', 'fedlodrop' (baselines of seed V, all at the same budget).",
+        choices=("none", "soft", "flasc", "rlora", "hetlora", "fedlodrop"),
+    )
+    keep_ratio: float = fld(
+        0.1, "rho: fraction of each module's r(d+k) LoRA entries a client sends.", gt=0, le=1
+    )
+    error_feedback: bool = fld(
+        True, "Keep each client's untransmitted residual and add it next time (seed III-C)."
+    )
+    lambda_o: float = fld(
+        1e-3,
+        "Weight of SOFT's orthogonal regulariser in the local loss (seed eq. 7; default ours). "
+        "Applies when method=soft; 0 turns it off.",
+        ge=0,
+    )
+    soft_selection: str = fld(
+        "normalized",
+        "SOFT within-rank ranking (ours): 'normalized' ranks |u_b|/||u_b|| and |u_a|/||u_a|| "
+        "together, 'raw' the plain magnitudes (the literal reading).",
+        choices=("normalized", "raw"),
+    )
+    flasc_scope: str = fld(
+        "module",
+        "FLASC top-k over each module ('module', as the seed compares) or over all modules at "
+        "once ('global', as FLASC's code does).",
+        choices=("module", "global"),
+    )
+    value_bits: int = fld(32, "q_value: bits per transmitted value.", ge=1, le=64)
+
+
+@dataclass(frozen=True)
 class RuntimeConfig:
     backend: str = fld(
         "ray", "'ray' (driver actor + client actor pool) or 'serial' (one process).",
@@ -159,6 +194,9 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Dataset and partition."})  # noqa: E501
     federation: FederationConfig = field(
         default_factory=FederationConfig, metadata={"help": "The federated rounds."}
+    )
+    compression: CompressionConfig = field(
+        default_factory=CompressionConfig, metadata={"help": "Uplink sparsification (SOFT and baselines)."}
     )
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig, metadata={"help": "Execution."})
     log: LogConfig = field(default_factory=LogConfig, metadata={"help": "Parquet logs."})

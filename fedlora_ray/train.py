@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from fedlora_ray.lora.orthogonality import orthogonal_penalty
 
 
 @dataclass(frozen=True)
@@ -56,11 +59,14 @@ def train_local(
     weight_decay: float,
     seed: int,
     device: torch.device,
+    lora_pairs: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    lambda_o: float = 0.0,
 ) -> LocalResult:
     """E epochs of AdamW on the client's examples [seed II-B]. The model already holds the
     global adapter; a fresh optimiser per round, as each client restarts from the global
     factors. Shuffling and dropout draw from ``seed`` only, so the result does not depend on
-    which process runs the client."""
+    which process runs the client. With ``lambda_o`` > 0 the loss carries SOFT's orthogonal
+    regulariser over ``lora_pairs`` [seed eq. (7)]; the logged loss is the task loss alone."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
@@ -73,8 +79,11 @@ def train_local(
         for start in range(0, len(order), batch_size):
             ids, mask, y = data.batch(order[start : start + batch_size], device)
             loss = F.cross_entropy(model(ids, mask), y)
+            objective = (
+                loss + lambda_o * orthogonal_penalty(lora_pairs) if lambda_o > 0 and lora_pairs else loss
+            )
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            objective.backward()
             opt.step()
             total += loss.detach()
             steps += 1

@@ -6,7 +6,6 @@ import pytest
 import torch
 from peft import PeftModel
 
-from fedlora_ray.algorithm.client import BITS_PER_VALUE
 from fedlora_ray.algorithm.server import FederatedRun
 from fedlora_ray.lora.model import build_encoder
 from fedlora_ray.simulate import SerialBackend, run_serial
@@ -39,7 +38,9 @@ def test_logs_hold_one_row_per_round_and_per_client(finished):
     assert summary["final_test_accuracy"] == rounds["test_accuracy"].iloc[-1]
     # bits = what was sent: every LoRA entry and the head, 32 bits each, per client
     entries = run.global_adapter.num_entries()
-    assert (clients["bits_sent"] == BITS_PER_VALUE * entries).all()
+    assert (clients["bits_sent"] == cfg.compression.value_bits * entries).all()
+    lora_entries = sum(b.numel() + a.numel() for b, a in run.global_adapter.lora.values())
+    assert (clients["kept_entries"] == lora_entries).all()  # method none sends everything
     assert rounds["uplink_bits"].tolist() == clients.groupby("round")["bits_sent"].sum().tolist()
     assert (rounds["covariance"] > 0).all()
     assert (out / "config.json").exists() and (out / "summary.json").exists()
@@ -108,7 +109,7 @@ def test_clients_of_a_round_train_independently_of_their_batch():
     tasks = [ClientTask(i, 1, 100 + i, run.partition[i]) for i in range(3)]
     together = run.backend.train(run.global_adapter, tasks)
     alone = run.backend.train(run.global_adapter, tasks[2:])
-    m = next(iter(alone[0].upload.lora))
-    assert torch.equal(together[2].upload.lora[m][1], alone[0].upload.lora[m][1])
+    m = next(iter(alone[0].payload))
+    assert torch.equal(together[2].payload[m].value, alone[0].payload[m].value)
     assert together[2].local_loss == alone[0].local_loss
     assert not np.isclose(together[0].local_loss, together[1].local_loss)

@@ -15,12 +15,14 @@ import numpy as np
 import torch
 
 from fedlora_ray.algorithm.messages import ClientReply, ClientTask
+from fedlora_ray.compress import compensate, compress_update, residual
 from fedlora_ray.config import RunConfig
 from fedlora_ray.data import load_wordnet
 from fedlora_ray.lora import Adapter, build_model, get_adapter, load_tokenizer, set_adapter
+from fedlora_ray.lora.adapter import lora_parameters
 from fedlora_ray.train import EvalResult, evaluate, tokenize, train_local
 
-BITS_PER_VALUE = 32  # uncompressed float32 upload [seed II-C: q bits per parameter]
+_COMPRESSOR_STREAM = 0x5EED  # the random baselines draw from their own stream
 
 
 class ClientTrainer:
@@ -34,6 +36,7 @@ class ClientTrainer:
         self.test_data = tokenize(tokenizer, test.texts, test.labels, cfg.model.max_length)
         self.model = build_model(cfg.model, len(train.label_names), cfg.federation.seed).to(self.device)
         self._initial = get_adapter(self.model)
+        self._lora_pairs = list(lora_parameters(self.model).values())
 
     def describe(self) -> dict[str, Any]:
         cuda = self.device.type == "cuda"
@@ -51,7 +54,9 @@ class ClientTrainer:
         return self._initial.clone()
 
     def train(self, global_adapter: Adapter, tasks: list[ClientTask]) -> list[ClientReply]:
-        fed = self.cfg.federation
+        fed, comp = self.cfg.federation, self.cfg.compression
+        lambda_o = comp.lambda_o if comp.method == "soft" else 0.0
+        keep_memory = comp.error_feedback and comp.method != "none"
         replies = []
         for task in tasks:
             start = time.perf_counter()
@@ -66,19 +71,32 @@ class ClientTrainer:
                 weight_decay=fed.weight_decay,
                 seed=task.seed,
                 device=self.device,
+                lora_pairs=self._lora_pairs,
+                lambda_o=lambda_o,
             )
-            upload = get_adapter(self.model)
+            local = get_adapter(self.model)
+            delta = {
+                m: (b - global_adapter.lora[m][0], a - global_adapter.lora[m][1])
+                for m, (b, a) in local.lora.items()
+            }
+            update = compensate(delta, task.state.get("error") if keep_memory else None)
+            gen = torch.Generator().manual_seed(task.seed ^ _COMPRESSOR_STREAM)
+            sent = compress_update(update, local.lora, comp, gen)
+            head_entries = sum(t.numel() for t in local.head.values())
             replies.append(
                 ClientReply(
                     client_id=task.client_id,
                     examples=len(task.indices),
                     steps=result.steps,
                     local_loss=result.mean_loss,
-                    upload=upload,
-                    bits_sent=BITS_PER_VALUE * upload.num_entries(),
+                    payload=sent.payload,
+                    head=local.head,
+                    kept_entries=sent.kept,
+                    bits_sent=sent.bits + comp.value_bits * head_entries,
+                    distortion=sent.distortion,
                     train_seconds=time.perf_counter() - start,
                     actor_id=self.actor_id,
-                    state=dict(task.state),
+                    state={"error": residual(update, sent)} if keep_memory else {},
                 )
             )
         return replies

@@ -3,34 +3,40 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
-from fedlora_ray.lora.adapter import Adapter
+from fedlora_ray.compress import ModulePayload
 
 
 @dataclass(frozen=True)
 class ClientTask:
     """Train client ``client_id`` in ``round`` on the examples ``indices`` with RNG ``seed``.
-    ``state`` is the client's persistent state from the driver's store (error memory in
-    later compressors); empty for plain FedAvg."""
+    ``state`` is the client's persistent state from the driver's store: its error-feedback
+    memory under "error" (empty for a client never sampled, or with no compression)."""
 
     client_id: int
     round: int
     seed: int
     indices: np.ndarray
-    state: dict[str, torch.Tensor] = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class ClientReply:
+    """A small reply: the sparse LoRA update, the dense head, and what it cost."""
+
     client_id: int
     examples: int
     steps: int
     local_loss: float
-    upload: Adapter  # the factors (and head) as the server receives them
+    payload: dict[str, ModulePayload]  # per module, the sent entries of the update
+    head: dict[str, torch.Tensor]  # the locally trained head, sent dense
+    kept_entries: int
     bits_sent: int
+    distortion: float
     train_seconds: float
     actor_id: str
-    state: dict[str, torch.Tensor] = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)

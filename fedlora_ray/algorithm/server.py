@@ -17,10 +17,12 @@ from fedlora_ray.algorithm.aggregate import covariance_term, fedavg
 from fedlora_ray.algorithm.backend import Backend
 from fedlora_ray.algorithm.messages import ClientTask
 from fedlora_ray.algorithm.sampling import client_seed, sample_clients
+from fedlora_ray.compress import apply_payload
 from fedlora_ray.config import RunConfig
 from fedlora_ray.data import load_wordnet, partition_indices
 from fedlora_ray.logging import RunLog
 from fedlora_ray.lora import save_adapter
+from fedlora_ray.lora.orthogonality import orthogonality_error
 
 
 def format_progress(row: dict[str, Any], rounds: int) -> str:
@@ -28,7 +30,8 @@ def format_progress(row: dict[str, Any], rounds: int) -> str:
     acc_text = f"acc {acc:.3f}" if acc is not None else "acc   -  "
     return (
         f"round {row['round']:>4}/{rounds} | loss {row['train_loss']:.4f} | {acc_text} | "
-        f"cov {row['covariance']:.3g} | {row['elapsed_seconds']:7.1f} s"
+        f"cov {row['covariance']:.3g} | {row['uplink_bits'] / 1e6:7.2f} Mbit | "
+        f"{row['elapsed_seconds']:7.1f} s"
     )
 
 
@@ -78,8 +81,9 @@ class FederatedRun:
         ]
         replies = sorted(self.backend.train(self.global_adapter, tasks), key=lambda r: r.client_id)
         weights = [float(self.data_share[r.client_id]) for r in replies]
-        uploads = [r.upload for r in replies]
+        uploads = [apply_payload(self.global_adapter, r.payload, r.head) for r in replies]
         self.global_adapter = fedavg(uploads, weights)
+        orth_a, orth_b = orthogonality_error(self.global_adapter.lora.values())
         for r in replies:
             if r.state:
                 self.client_state[r.client_id] = r.state
@@ -93,6 +97,10 @@ class FederatedRun:
             "test_loss": None,
             "covariance": covariance_term(uploads, weights),
             "uplink_bits": sum(r.bits_sent for r in replies),
+            "kept_entries": sum(r.kept_entries for r in replies),
+            "keep_ratio": cfg.compression.keep_ratio if cfg.compression.method != "none" else 1.0,
+            "orth_error_a": orth_a,
+            "orth_error_b": orth_b,
             "lora_rank": cfg.model.lora_rank,
             "client_seconds": sum(r.train_seconds for r in replies),
         }
@@ -111,6 +119,8 @@ class FederatedRun:
                 "steps": r.steps,
                 "local_loss": r.local_loss,
                 "bits_sent": r.bits_sent,
+                "kept_entries": r.kept_entries,
+                "distortion": r.distortion,
                 "actor_id": r.actor_id,
                 "train_seconds": r.train_seconds,
             }

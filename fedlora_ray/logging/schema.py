@@ -16,6 +16,10 @@ ROUNDS_SCHEMA = pa.schema(
         pa.field("test_loss", pa.float64()),
         pa.field("covariance", pa.float64()),  # seed (20)-(22), summed over modules
         pa.field("uplink_bits", pa.int64()),  # sum over sampled clients
+        pa.field("kept_entries", pa.int64()),  # LoRA entries sent, summed over clients
+        pa.field("keep_ratio", pa.float64()),  # rho (1 for an uncompressed upload)
+        pa.field("orth_error_a", pa.float64()),  # ||offdiag(A A^T)|| / ||diag|| of the global A
+        pa.field("orth_error_b", pa.float64()),  # same for B^T B; null while B is all zero
         pa.field("lora_rank", pa.int32()),
         pa.field("round_seconds", pa.float64()),  # wall clock of this round at the driver
         pa.field("client_seconds", pa.float64()),  # summed local compute of the clients
@@ -31,7 +35,9 @@ CLIENTS_SCHEMA = pa.schema(
         pa.field("weight", pa.float64()),  # aggregation weight: data share renormalised over S_t
         pa.field("steps", pa.int32()),
         pa.field("local_loss", pa.float64()),  # mean training loss over the local steps
-        pa.field("bits_sent", pa.int64()),
+        pa.field("bits_sent", pa.int64()),  # sparse LoRA update (values + positions) + dense head
+        pa.field("kept_entries", pa.int64()),  # LoRA entries sent
+        pa.field("distortion", pa.float64()),  # ||U - C(U)||^2 / ||U||^2 of the compensated update
         pa.field("actor_id", pa.string()),  # which client actor trained it ('serial' if none)
         pa.field("train_seconds", pa.float64()),
     ]

@@ -1,0 +1,26 @@
+"""Error feedback [seed III-C, (10)-(14)]: U = (X_local - X_global) + e, then e <- U - C(U),
+per client and per factor, kept by the driver across the rounds the client sits out."""
+
+from __future__ import annotations
+
+from fedlora_ray.compress.base import Compressed, Factors, dense_update
+
+
+def compensate(delta: Factors, memory: Factors | None) -> Factors:
+    """The update to sparsify: the local change plus the residual not sent before."""
+    if not memory:
+        return {m: (b.clone(), a.clone()) for m, (b, a) in delta.items()}
+    return {m: (b + memory[m][0], a + memory[m][1]) for m, (b, a) in delta.items()}
+
+
+def residual(update: Factors, sent: Compressed) -> Factors:
+    """e = U - C(U): exactly the entries that were not transmitted."""
+    out = {}
+    for m, (ub, ua) in update.items():
+        cb, ca = dense_update(sent.payload[m], ub.shape, ua.shape)
+        out[m] = (ub - cb, ua - ca)
+    return out
+
+
+def memory_size(memory: Factors) -> int:
+    return sum(b.numel() + a.numel() for b, a in memory.values())
