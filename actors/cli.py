@@ -2,6 +2,7 @@
 
 fedlora-ray run CONFIG.yaml [--out RUN_DIR] [--set a.b=value ...]
 fedlora-ray fields            # every config field with its default and help
+fedlora-ray report RUN_DIR [RUN_DIR ...] [--out DIR]   # standard plots + summary.md
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ def _parser() -> argparse.ArgumentParser:
         help="override a config field (repeatable)",
     )  # fmt: skip
     sub.add_parser("fields", help="list every config field with its default and help")
+    rep = sub.add_parser("report", help="plots and a markdown summary from run directories")
+    rep.add_argument("runs", nargs="+", help="run directories")
+    rep.add_argument("--out", default="report", help="folder for the PNGs and summary.md")
     return p
 
 
@@ -48,6 +52,15 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{name} = {json.dumps(list(default) if isinstance(default, tuple) else default)}\n    {text}"
             )
+        return 0
+    if args.command == "report":
+        from fedlora_ray.report import write_report
+
+        try:
+            print(f"report: {write_report(args.runs, args.out)}")
+        except FileNotFoundError as err:
+            print(f"fedlora-ray: error: {err}", file=sys.stderr)
+            return 2
         return 0
     try:
         cfg = load_config(args.config, args.overrides)

@@ -161,6 +161,12 @@ class RuntimeConfig:
         "ray", "'ray' (driver actor + client actor pool) or 'serial' (one process).",
         choices=("ray", "serial"),
     )  # fmt: skip
+    device: str = fld(
+        "auto",
+        "Device of the serial backend: 'auto' (CUDA when available), 'cpu' or 'cuda'. Ray client "
+        "actors use the GPU Ray assigns them instead.",
+        choices=("auto", "cpu", "cuda"),
+    )
     num_actors: int = fld(2, "Client actors in the pool (ray backend).", ge=1)
     num_cpus_per_actor: float = fld(1.0, "CPUs Ray reserves per client actor.", ge=0)
     num_gpus_per_actor: float = fld(

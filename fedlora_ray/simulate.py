@@ -10,7 +10,7 @@ import torch
 from fedlora_ray.algorithm.client import ClientTrainer
 from fedlora_ray.algorithm.messages import ClientReply, ClientTask
 from fedlora_ray.algorithm.server import FederatedRun
-from fedlora_ray.config import RunConfig
+from fedlora_ray.config import ConfigError, RunConfig
 from fedlora_ray.lora.adapter import Adapter
 from fedlora_ray.train import EvalResult
 
@@ -18,7 +18,12 @@ from fedlora_ray.train import EvalResult
 class SerialBackend:
     def __init__(self, cfg: RunConfig) -> None:
         torch.set_num_threads(cfg.runtime.torch_threads)
-        self.trainer = ClientTrainer(cfg, "cpu", actor_id="serial")
+        device = cfg.runtime.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        elif device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("config field 'runtime.device' = 'cuda': CUDA is not available here")
+        self.trainer = ClientTrainer(cfg, device, actor_id="serial")
 
     def initial_adapter(self) -> Adapter:
         return self.trainer.initial_adapter()

@@ -34,3 +34,24 @@ def test_fields_lists_every_field_with_help(capsys):
     assert main(["fields"]) == 0
     text = capsys.readouterr().out
     assert "federation.clients_per_round = 10" in text and "runtime.num_gpus_per_actor" in text
+
+
+def test_report_draws_the_standard_plots_from_several_runs(tmp_path, capsys):
+    sets = [arg for item in TINY for arg in ("--set", item)]
+    runs = []
+    for seed, method in ((0, "soft"), (1, "soft"), (0, "none")):
+        out = tmp_path / f"{method}{seed}"
+        extra = ["--set", f"federation.seed={seed}", "--set", f"compression.method={method}"]
+        assert main(["run", str(ROOT / "jobs/configs/smoke.yaml"), "--out", str(out), *sets, *extra]) == 0
+        runs.append(str(out))
+    assert main(["report", *runs, "--out", str(tmp_path / "rep")]) == 0
+    pngs = sorted(p.name for p in (tmp_path / "rep").glob("*.png"))
+    assert pngs == sorted(
+        ["accuracy_vs_round.png", "accuracy_vs_bits.png", "loss_vs_round.png", "loss_vs_bits.png",
+         "covariance_vs_round.png", "orthogonality_vs_round.png"]
+    )  # fmt: skip
+    summary = (tmp_path / "rep" / "summary.md").read_text()
+    rows = [line for line in summary.splitlines() if line.startswith("| smoke")]
+    assert len(rows) == 2  # the two soft seeds form one group
+    assert any("| 2 |" in r and "soft rho=0.1" in r for r in rows)
+    assert main(["report", str(tmp_path / "nothing-here")]) == 2
