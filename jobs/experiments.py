@@ -1,0 +1,260 @@
+"""The SOFT paper's experiments on the embedded default, one command each.
+
+    python jobs/experiments.py fig3  [--seeds 0 1 2] [--parallel 4] [--out runs/exp] [--set a.b=v ...]
+    python jobs/experiments.py fig4  ...   # orthogonal regulariser: heatmaps + accuracy
+    python jobs/experiments.py fig56 ...   # covariance and accuracy against shards per client
+    python jobs/experiments.py summarize fig3|fig4|fig56 [--out runs/exp]   # tables/plots only
+
+Each command runs the runs it misses (a run with a summary.json is kept), several at a time
+as separate processes of `fedlora-ray run` on the serial backend (CUDA when available), then
+writes its tables and PNGs to docs/experiments/ (FIG.md beside the images). The base config
+is jobs/configs/quickstart.yaml (MiniLM + LoRA on WordNet, 100 clients, 10 per round, shards).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fedlora_ray.report import Run, load_run, mean_curve  # noqa: E402
+
+BASE = ROOT / "jobs" / "configs" / "quickstart.yaml"
+DOCS = ROOT / "docs" / "experiments"
+METHODS = ["none", "soft", "flasc", "rlora", "hetlora", "fedlodrop"]
+LABEL = {"none": "ILoRA (dense)", "soft": "SOFT", "flasc": "FLASC", "rlora": "RLoRA", "hetlora": "HetLoRA",
+         "fedlodrop": "FedLoDrop"}  # fmt: skip
+FIG3_RANKS = (8, 16)
+KEEP = 0.1
+FIG4_LAMBDAS = (0.0, 1e-3, 1e-2)
+FIG56_SHARDS = (1, 2, 5, 20)
+
+
+def plan(fig: str, seeds: list[int]) -> dict[str, list[str]]:
+    """Run name -> overrides of the base config."""
+    runs: dict[str, list[str]] = {}
+    for s in seeds:
+        if fig == "fig3":
+            for r in FIG3_RANKS:
+                for m in METHODS:
+                    runs[f"fig3-{m}-r{r}-s{s}"] = [
+                        f"compression.method={m}", f"compression.keep_ratio={KEEP}",
+                        f"model.lora_rank={r}", f"model.lora_alpha={2 * r}",
+                    ]  # fmt: skip
+        elif fig == "fig4":
+            for lam in FIG4_LAMBDAS:
+                runs[f"fig4-lambda{lam:g}-s{s}"] = [
+                    "compression.method=soft",
+                    f"compression.keep_ratio={KEEP}",
+                    f"compression.lambda_o={lam}",
+                ]
+        elif fig == "fig56":
+            for n in FIG56_SHARDS:
+                runs[f"fig56-shards{n}-s{s}"] = ["compression.method=none", f"data.shards_per_client={n}"]
+        else:
+            raise SystemExit(f"unknown experiment {fig!r}: fig3, fig4 or fig56")
+    return {k: [*v, f"federation.seed={k.rsplit('-s', 1)[1]}", f"name={k}"] for k, v in runs.items()}
+
+
+def run_all(runs: dict[str, list[str]], out: Path, parallel: int, extra: list[str]) -> None:
+    todo = [n for n in runs if not (out / n / "summary.json").exists()]
+    print(
+        f"{len(runs) - len(todo)} of {len(runs)} runs already done; running {len(todo)}, {parallel} at a time"
+    )
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}:{os.environ.get('PYTHONPATH', '')}", HF_HUB_OFFLINE="1")
+    active: list[tuple[str, subprocess.Popen[bytes], float]] = []
+    failed = []
+    while todo or active:
+        while todo and len(active) < parallel:
+            name = todo.pop(0)
+            if (out / name).exists():
+                import shutil
+
+                shutil.rmtree(out / name)  # an unfinished earlier attempt
+            sets = [
+                a
+                for o in [*runs[name], "runtime.backend=serial", "runtime.progress=false", *extra]
+                for a in ("--set", o)
+            ]
+            cmd = [sys.executable, "-m", "actors.cli", "run", str(BASE), "--out", str(out / name), *sets]
+            with open(out / f"{name}.log", "wb") as log:  # the child keeps its own handle
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+            active.append((name, proc, time.time()))
+        time.sleep(1)
+        for item in list(active):
+            name, proc, start = item
+            if proc.poll() is not None:
+                active.remove(item)
+                status = "ok" if proc.returncode == 0 else f"FAILED (see {out / name}.log)"
+                if proc.returncode:
+                    failed.append(name)
+                print(f"  {name}: {status} in {time.time() - start:.0f} s", flush=True)
+    if failed:
+        raise SystemExit(f"{len(failed)} runs failed: {failed}")
+
+
+def _runs(out: Path, prefix: str) -> list[Run]:
+    return [load_run(p) for p in sorted(out.glob(f"{prefix}*")) if (p / "summary.json").exists()]
+
+
+def _tail_accuracy(run: Run, evals: int = 3) -> float:
+    """Mean of the last few evaluations: non-IID accuracy swings from round to round."""
+    return float(run.rounds["test_accuracy"].dropna().iloc[-evals:].mean())
+
+
+def _fmt(values: list[float]) -> str:
+    return f"{np.mean(values):.3f} ± {np.std(values):.3f}"
+
+
+def _plot():  # type: ignore[no-untyped-def]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def summarize_fig3(out: Path) -> list[str]:
+    plt = _plot()
+    runs = _runs(out, "fig3-")
+    lines = ["## Seed Fig. 3(a)/(b): six methods at the same keep ratio", "",
+             f"Keep ratio rho = {KEEP} for every sparsifier (ILoRA sends everything). Mean ± std over seeds "
+             "of the final test accuracy and of the mean of the last three evaluations.", "",
+             "| rank | method | seeds | final accuracy | last-3 accuracy | uplink Mbit / client / round |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    fig, axes = plt.subplots(1, len(FIG3_RANKS), figsize=(12, 4.2), sharey=True)
+    for ax, r in zip(np.atleast_1d(axes), FIG3_RANKS):
+        for m in METHODS:
+            group = [
+                x
+                for x in runs
+                if x.config["model"]["lora_rank"] == r and x.config["compression"]["method"] == m
+            ]
+            if not group:
+                continue
+            xs, mean, std = mean_curve(group, "round", "test_accuracy")
+            (line,) = ax.plot(xs, mean, label=LABEL[m])
+            ax.fill_between(xs, mean - std, mean + std, alpha=0.15, color=line.get_color())
+            mbit = np.mean([g.rounds["uplink_bits"].mean() / g.rounds["sampled"].mean() / 1e6 for g in group])
+            lines.append(
+                f"| {r} | {LABEL[m]} | {len(group)} | {_fmt([float(g.rounds['test_accuracy'].dropna().iloc[-1]) for g in group])} | "  # noqa: E501
+                f"{_fmt([_tail_accuracy(g) for g in group])} | {mbit:.3f} |"
+            )
+        ax.set_title(f"LoRA rank {r}, rho = {KEEP}")
+        ax.set_xlabel("round")
+        ax.grid(True, alpha=0.3)
+    np.atleast_1d(axes)[0].set_ylabel("test accuracy")
+    np.atleast_1d(axes)[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(DOCS / "fig3_accuracy.png", dpi=110)
+    return [*lines, "", "![accuracy against round](fig3_accuracy.png)", ""]
+
+
+def summarize_fig4(out: Path) -> list[str]:
+    plt = _plot()
+    from safetensors.torch import load_file
+
+    runs = _runs(out, "fig4-")
+    lines = ["## Seed Fig. 4: the orthogonal regulariser", "",
+             f"SOFT at rho = {KEEP}, rank 8, with lambda_o in {list(FIG4_LAMBDAS)}.", "",
+             "| lambda_o | seeds | final accuracy | last-3 accuracy | orth. error A | orth. error B |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    lams = sorted({x.config["compression"]["lambda_o"] for x in runs})
+    fig, axes = plt.subplots(2, len(lams), figsize=(3.6 * len(lams), 6.6), squeeze=False)
+    for col, lam in enumerate(lams):
+        group = [x for x in runs if x.config["compression"]["lambda_o"] == lam]
+        lines.append(
+            f"| {lam:g} | {len(group)} | "
+            f"{_fmt([float(g.rounds['test_accuracy'].dropna().iloc[-1]) for g in group])} | "
+            f"{_fmt([_tail_accuracy(g) for g in group])} | {_fmt([float(g.rounds['orth_error_a'].iloc[-1]) for g in group])} | "  # noqa: E501
+            f"{_fmt([float(g.rounds['orth_error_b'].iloc[-1]) for g in group])} |"
+        )
+        first = min(group, key=lambda g: g.seed)
+        tensors = load_file(str(first.path / "adapter" / "adapter_model.safetensors"))
+        module = sorted(k for k in tensors if k.endswith("value.lora_A.weight"))[-1]
+        a = tensors[module].double()
+        b = tensors[module.replace("lora_A", "lora_B")].double()
+        for row, (gram, name) in enumerate(((a @ a.t(), "A A^T"), (b.t() @ b, "B^T B"))):
+            ax = axes[row][col]
+            im = ax.imshow(gram.abs().numpy(), cmap="viridis")
+            ax.set_title(f"|{name}|, lambda_o = {lam:g}", fontsize=9)
+            fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.suptitle("Gram matrices of the last layer's value module (seed 0)")
+    fig.tight_layout()
+    fig.savefig(DOCS / "fig4_gram.png", dpi=110)
+    return [*lines, "", "![Gram matrices](fig4_gram.png)", ""]
+
+
+def summarize_fig56(out: Path) -> list[str]:
+    plt = _plot()
+    runs = _runs(out, "fig56-")
+    lines = ["## Seed Figs. 5-6: covariance and accuracy against shards per client", "",
+             "ILoRA (no compression), rank 8; more shards per client is closer to IID.", "",
+             "| shards per client | seeds | mean covariance | final covariance | final accuracy "
+             "| last-3 accuracy |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for n in sorted({x.config["data"]["shards_per_client"] for x in runs}):
+        group = [x for x in runs if x.config["data"]["shards_per_client"] == n]
+        for ax, col in zip(axes, ("covariance", "test_accuracy")):
+            xs, mean, std = mean_curve(group, "round", col)
+            (line,) = ax.plot(xs, mean, label=f"{n} shards/client")
+            ax.fill_between(xs, mean - std, mean + std, alpha=0.15, color=line.get_color())
+        lines.append(
+            f"| {n} | {len(group)} | {_fmt([float(g.rounds['covariance'].mean()) for g in group])} | "
+            f"{_fmt([float(g.rounds['covariance'].iloc[-1]) for g in group])} | "
+            f"{_fmt([float(g.rounds['test_accuracy'].dropna().iloc[-1]) for g in group])} | {_fmt([_tail_accuracy(g) for g in group])} |"  # noqa: E501
+        )
+    for ax, name in zip(axes, ("covariance term", "test accuracy")):
+        ax.set_xlabel("round")
+        ax.set_ylabel(name)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(DOCS / "fig56_covariance_accuracy.png", dpi=110)
+    return [*lines, "", "![covariance and accuracy](fig56_covariance_accuracy.png)", ""]
+
+
+SUMMARIES = {"fig3": summarize_fig3, "fig4": summarize_fig4, "fig56": summarize_fig56}
+
+
+def summarize(fig: str, out: Path) -> Path:
+    DOCS.mkdir(parents=True, exist_ok=True)
+    lines = SUMMARIES[fig](out)
+    path = DOCS / f"{fig}.md"
+    path.write_text("\n".join(lines) + "\n")
+    print(path.read_text())
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("command", choices=["fig3", "fig4", "fig56", "summarize"])
+    ap.add_argument("fig", nargs="?", help="for summarize: fig3, fig4 or fig56")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--parallel", type=int, default=1)
+    ap.add_argument("--out", default="runs/exp")
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    args = ap.parse_args()
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if args.command == "summarize":
+        summarize(args.fig, out)
+        return
+    run_all(plan(args.command, args.seeds), out, args.parallel, args.overrides)
+    summarize(args.command, out)
+    (out / f"{args.command}.json").write_text(json.dumps(plan(args.command, args.seeds), indent=1))
+
+
+if __name__ == "__main__":
+    main()
