@@ -37,6 +37,7 @@ FIG3_RANKS = (8, 16)
 KEEP = 0.1
 FIG4_LAMBDAS = (0.0, 1e-3, 1e-2)
 FIG56_SHARDS = (1, 2, 5, 20)
+TAG = ""  # --tag: a variant's docs go to FIG-TAG.md and FIG-TAG_*.png
 
 
 def plan(fig: str, seeds: list[int]) -> dict[str, list[str]]:
@@ -102,6 +103,11 @@ def run_all(runs: dict[str, list[str]], out: Path, parallel: int, extra: list[st
         raise SystemExit(f"{len(failed)} runs failed: {failed}")
 
 
+def _stem(name: str) -> str:
+    fig, _, rest = name.partition("_")
+    return f"{fig}-{TAG}_{rest}" if TAG else name
+
+
 def _runs(out: Path, prefix: str) -> list[Run]:
     return [load_run(p) for p in sorted(out.glob(f"{prefix}*")) if (p / "summary.json").exists()]
 
@@ -156,8 +162,8 @@ def summarize_fig3(out: Path) -> list[str]:
     np.atleast_1d(axes)[0].set_ylabel("test accuracy")
     np.atleast_1d(axes)[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(DOCS / "fig3_accuracy.png", dpi=110)
-    return [*lines, "", "![accuracy against round](fig3_accuracy.png)", ""]
+    fig.savefig(DOCS / f"{_stem('fig3_accuracy')}.png", dpi=110)
+    return [*lines, "", f"![accuracy against round]({_stem('fig3_accuracy')}.png)", ""]
 
 
 def summarize_fig4(out: Path) -> list[str]:
@@ -191,8 +197,8 @@ def summarize_fig4(out: Path) -> list[str]:
             fig.colorbar(im, ax=ax, fraction=0.046)
     fig.suptitle("Gram matrices of the last layer's value module (seed 0)")
     fig.tight_layout()
-    fig.savefig(DOCS / "fig4_gram.png", dpi=110)
-    return [*lines, "", "![Gram matrices](fig4_gram.png)", ""]
+    fig.savefig(DOCS / f"{_stem('fig4_gram')}.png", dpi=110)
+    return [*lines, "", f"![Gram matrices]({_stem('fig4_gram')}.png)", ""]
 
 
 def summarize_fig56(out: Path) -> list[str]:
@@ -221,8 +227,8 @@ def summarize_fig56(out: Path) -> list[str]:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(DOCS / "fig56_covariance_accuracy.png", dpi=110)
-    return [*lines, "", "![covariance and accuracy](fig56_covariance_accuracy.png)", ""]
+    fig.savefig(DOCS / f"{_stem('fig56_covariance_accuracy')}.png", dpi=110)
+    return [*lines, "", f"![covariance and accuracy]({_stem('fig56_covariance_accuracy')}.png)", ""]
 
 
 SUMMARIES = {"fig3": summarize_fig3, "fig4": summarize_fig4, "fig56": summarize_fig56}
@@ -231,7 +237,7 @@ SUMMARIES = {"fig3": summarize_fig3, "fig4": summarize_fig4, "fig56": summarize_
 def summarize(fig: str, out: Path) -> Path:
     DOCS.mkdir(parents=True, exist_ok=True)
     lines = SUMMARIES[fig](out)
-    path = DOCS / f"{fig}.md"
+    path = DOCS / (f"{fig}-{TAG}.md" if TAG else f"{fig}.md")
     path.write_text("\n".join(lines) + "\n")
     print(path.read_text())
     return path
@@ -245,7 +251,10 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=1)
     ap.add_argument("--out", default="runs/exp")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--tag", default="", help="name of a variant (with its own --out and --set)")
     args = ap.parse_args()
+    global TAG
+    TAG = args.tag
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if args.command == "summarize":
