@@ -23,19 +23,24 @@ EXACT_ROUND_COLUMNS = [
     "covariance",
     "uplink_bits",
 ]
-EXACT_CLIENT_COLUMNS = ["round", "client_id", "examples", "weight", "steps", "local_loss", "bits_sent"]
+EXACT_CLIENT_COLUMNS = [
+    "round", "client_id", "examples", "weight", "steps", "local_loss", "bits_sent", "kept_entries",
+    "distortion",
+]  # fmt: skip
 
 
 def test_serial_and_ray_with_one_and_two_actors_give_the_same_numbers(ray_session, tmp_path):
-    cfg = tiny_config("federation.rounds=2")
-    run_serial(cfg, tmp_path / "serial")
+    """SOFT with error feedback over 3 rounds, so client state travels to and from the actors
+    (with 6 clients and 3 per round, clients come back with their residuals)."""
+    common = ("federation.rounds=3", "compression.method=soft", "compression.keep_ratio=0.2")
+    run_serial(tiny_config(*common), tmp_path / "serial")
     for n in (1, 2):
         run_on_ray(
-            tiny_config("federation.rounds=2", "runtime.backend=ray", f"runtime.num_actors={n}"),
-            tmp_path / f"ray{n}",
+            tiny_config(*common, "runtime.backend=ray", f"runtime.num_actors={n}"), tmp_path / f"ray{n}"
         )
     ref_rounds = pd.read_parquet(tmp_path / "serial" / "rounds.parquet")
     ref_clients = pd.read_parquet(tmp_path / "serial" / "clients.parquet")
+    assert ref_clients["client_id"].duplicated().any()  # some client returned with its residual
     ref_adapter = load_file(str(tmp_path / "serial" / "adapter" / "adapter_model.safetensors"))
     for n in (1, 2):
         rounds = pd.read_parquet(tmp_path / f"ray{n}" / "rounds.parquet")
