@@ -22,6 +22,9 @@ EXACT_ROUND_COLUMNS = [
     "test_accuracy",
     "covariance",
     "uplink_bits",
+    "kept_entries",
+    "orth_error_a",
+    "orth_error_b",
 ]
 EXACT_CLIENT_COLUMNS = [
     "round", "client_id", "examples", "weight", "steps", "local_loss", "bits_sent", "kept_entries",
