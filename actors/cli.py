@@ -3,6 +3,7 @@
 fedlora-ray run CONFIG.yaml [--out RUN_DIR] [--set a.b=value ...]
 fedlora-ray fields            # every config field with its default and help
 fedlora-ray report RUN_DIR [RUN_DIR ...] [--out DIR]   # standard plots + summary.md
+fedlora-ray control CONFIG.yaml [--rounds N] [--out FILE.parquet] [--set ...]  # no training
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ def _parser() -> argparse.ArgumentParser:
         help="override a config field (repeatable)",
     )  # fmt: skip
     sub.add_parser("fields", help="list every config field with its default and help")
+    ctl = sub.add_parser("control", help="channel + controller only, no training (seconds for 10k rounds)")
+    ctl.add_argument("config", help="YAML config file")
+    ctl.add_argument("--rounds", type=int, default=10_000)
+    ctl.add_argument("--out", default="control.parquet", help="Parquet file, one row per round")
+    ctl.add_argument("--set", dest="overrides", action="append", default=[], metavar="a.b=value")
     rep = sub.add_parser("report", help="plots and a markdown summary from run directories")
     rep.add_argument("runs", nargs="+", help="run directories")
     rep.add_argument("--out", default="report", help="folder for the PNGs and summary.md")
@@ -52,6 +58,21 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{name} = {json.dumps(list(default) if isinstance(default, tuple) else default)}\n    {text}"
             )
+        return 0
+    if args.command == "control":
+        from fedlora_ray.control.simulate import simulate_uplink
+
+        try:
+            df = simulate_uplink(load_config(args.config, args.overrides), args.rounds)
+        except ConfigError as err:
+            print(f"fedlora-ray: error: {err}", file=sys.stderr)
+            return 2
+        df.to_parquet(args.out)
+        print(
+            f"{args.out}: {len(df)} rounds, rank {df['lora_rank'].iloc[0]}, mean keep ratio "
+            f"{df['keep_ratio'].mean():.3f}, mean upload delay {df['upload_delay_s'].mean():.4f} s, "
+            f"mean bound {df['bound'].mean():.4f}"
+        )
         return 0
     if args.command == "report":
         from fedlora_ray.report import write_report

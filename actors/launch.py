@@ -11,6 +11,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.driver import DriverActor
 from fedlora_ray.config import ConfigError, RunConfig
+from fedlora_ray.control import resolve_rank
 
 
 def connect(cfg: RunConfig) -> bool:
@@ -39,6 +40,7 @@ def check_resources(cfg: RunConfig) -> None:
 
 
 def run_on_ray(cfg: RunConfig, run_dir: str | Path | None) -> dict[str, Any]:
+    cfg = resolve_rank(cfg)  # TSFA's offline stage picks the rank before any actor builds a model
     started = connect(cfg)
     try:
         if started:

@@ -156,6 +156,48 @@ class CompressionConfig:
 
 
 @dataclass(frozen=True)
+class ChannelConfig:
+    bandwidth_hz: float = fld(20e6, "Bw: total uplink bandwidth shared by FDMA, in Hz (ours: 20 MHz).", gt=0)
+    tx_power_w: float = fld(0.1, "P: client transmit power, in W (ours: 0.1 W).", gt=0)
+    noise_dbm_per_hz: float = fld(-174.0, "Noise power spectral density, in dBm/Hz, over the whole Bw.")
+    distance_min_m: float = fld(50.0, "Client distances are uniform in [min, max], in m (ours).", gt=0)
+    distance_max_m: float = fld(500.0, "Upper end of the client distances, in m.", gt=0)
+    path_loss_db_at_1km: float = fld(128.1, "PL = this + slope * log10(d / 1 km), in dB (3GPP macro).")
+    path_loss_slope_db: float = fld(37.6, "Path-loss slope: 10 x the exponent (3.76), in dB/decade.", gt=0)
+    compute_samples_per_s: float = fld(
+        0.0,
+        "Median device speed, in training samples per second; 0 leaves compute time out of the "
+        "simulated clock (ours).",
+        ge=0,
+    )
+    compute_sigma: float = fld(0.0, "Spread of the per-client speed: lognormal sigma (0: all equal).", ge=0)
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    kind: str = fld(
+        "equal",
+        "Per-round uplink control: 'equal' (given rank and keep ratio, equal bandwidth), 'fixed' "
+        "(given rank and keep ratio, bandwidth by seed eq. 41), 'osfa' (given rank; keep ratio "
+        "and bandwidth by the Lyapunov online stage), 'tsfa' (offline rank r* + online stage).",
+        choices=("equal", "fixed", "osfa", "tsfa"),
+    )
+    delay_budget_s: float = fld(0.2, "D_bar: long-term average upload delay per round, in s.", gt=0)
+    V: float = fld(1.0, "Lyapunov trade-off: larger V weighs the bound over the delay queue.", gt=0)
+    rho_min: float = fld(0.01, "Smallest keep ratio the online stage may choose.", gt=0, le=1)
+    max_rank: int = fld(64, "R: ranks searched by the offline stage, 1..R.", ge=1, le=1024)
+    sigma_beta: float = fld(1.0, "Singular-value profile sigma_j = j^(-beta) of the rank term (ours).", gt=0)
+    c_r: float = fld(1.0, "Constant of the rank term of the bound (ours).", ge=0)
+    c_s: float = fld(1e-3, "Constant of the sparsification term of the bound (ours).", gt=0)
+    c_c: float = fld(1e-3, "Constant of the covariance term of the bound (ours).", ge=0)
+    kappa_het: float = fld(1.0, "Data-heterogeneity factor of the covariance term (ours).", ge=0)
+    solver: str = fld(
+        "scalar", "Online solve: 'scalar' (bisection, used in the loop) or 'cvxpy' (Clarabel).",
+        choices=("scalar", "cvxpy"),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
 class RuntimeConfig:
     backend: str = fld(
         "ray", "'ray' (driver actor + client actor pool) or 'serial' (one process).",
@@ -203,6 +245,12 @@ class RunConfig:
     )
     compression: CompressionConfig = field(
         default_factory=CompressionConfig, metadata={"help": "Uplink sparsification (SOFT and baselines)."}
+    )
+    channel: ChannelConfig = field(
+        default_factory=ChannelConfig, metadata={"help": "Wireless uplink (seed II-C)."}
+    )
+    controller: ControllerConfig = field(
+        default_factory=ControllerConfig, metadata={"help": "Rank, keep ratio and bandwidth control."}
     )
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig, metadata={"help": "Execution."})
     log: LogConfig = field(default_factory=LogConfig, metadata={"help": "Parquet logs."})
@@ -331,6 +379,16 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(
             f"config field 'data.wordnet_dir' = {data.wordnet_dir!r}: no data.noun there "
             "(install Debian's wordnet-base, or point this at a WordNet 3.0 dict folder)"
+        )
+    if cfg.channel.distance_min_m > cfg.channel.distance_max_m:
+        raise ConfigError(
+            f"config field 'channel.distance_min_m' = {cfg.channel.distance_min_m}: must be <= "
+            f"channel.distance_max_m ({cfg.channel.distance_max_m})"
+        )
+    if cfg.controller.kind in ("osfa", "tsfa") and cfg.compression.method == "none":
+        raise ConfigError(
+            f"config field 'controller.kind' = {cfg.controller.kind!r}: it sets the keep ratio, so "
+            "compression.method must be a sparsifier (e.g. 'soft'), not 'none'"
         )
     if not model.target_modules:
         raise ConfigError("config field 'model.target_modules' = []: name at least one module")

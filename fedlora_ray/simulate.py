@@ -11,6 +11,7 @@ from fedlora_ray.algorithm.client import ClientTrainer
 from fedlora_ray.algorithm.messages import ClientReply, ClientTask
 from fedlora_ray.algorithm.server import FederatedRun
 from fedlora_ray.config import ConfigError, RunConfig
+from fedlora_ray.control import resolve_rank
 from fedlora_ray.lora.adapter import Adapter
 from fedlora_ray.train import EvalResult
 
@@ -42,6 +43,7 @@ class SerialBackend:
 
 
 def run_serial(cfg: RunConfig, run_dir: str | Path | None) -> dict[str, Any]:
+    cfg = resolve_rank(cfg)  # TSFA's offline stage picks the rank before any model is built
     backend = SerialBackend(cfg)
     try:
         return FederatedRun(cfg, backend, run_dir).run()

@@ -55,3 +55,14 @@ def test_report_draws_the_standard_plots_from_several_runs(tmp_path, capsys):
     assert len(rows) == 2  # the two soft seeds form one group
     assert any("| 2 |" in r and "soft rho=0.1" in r for r in rows)
     assert main(["report", str(tmp_path / "nothing-here")]) == 2
+
+
+def test_controller_only_mode_from_the_cli(tmp_path, capsys):
+    out = tmp_path / "ctl.parquet"
+    args = ["control", str(ROOT / "jobs/configs/quickstart.yaml"), "--rounds", "400", "--out", str(out)]
+    sets = ["--set", "controller.kind=tsfa", "--set", "compression.method=soft"]
+    assert main([*args, *sets]) == 0
+    df = pd.read_parquet(out)
+    assert len(df) == 400 and df["lora_rank"].nunique() == 1 and (df["keep_ratio"] <= 1).all()
+    assert "mean upload delay" in capsys.readouterr().out
+    assert main([*args, "--set", "controller.kind=tsfa"]) == 2  # tsfa needs a sparsifier

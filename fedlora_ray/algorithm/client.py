@@ -7,6 +7,7 @@ backend holds one, every Ray client actor holds one.
 
 from __future__ import annotations
 
+import dataclasses
 import resource
 import time
 from typing import Any
@@ -60,6 +61,9 @@ class ClientTrainer:
         replies = []
         for task in tasks:
             start = time.perf_counter()
+            task_comp = (
+                comp if task.keep_ratio is None else dataclasses.replace(comp, keep_ratio=task.keep_ratio)
+            )
             set_adapter(self.model, global_adapter)
             result = train_local(
                 self.model,
@@ -81,7 +85,7 @@ class ClientTrainer:
             }
             update = compensate(delta, task.state.get("error") if keep_memory else None)
             gen = torch.Generator().manual_seed(task.seed ^ _COMPRESSOR_STREAM)
-            sent = compress_update(update, local.lora, comp, gen)
+            sent = compress_update(update, local.lora, task_comp, gen)
             head_entries = sum(t.numel() for t in local.head.values())
             replies.append(
                 ClientReply(

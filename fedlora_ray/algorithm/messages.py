@@ -22,6 +22,7 @@ class ClientTask:
     seed: int
     indices: np.ndarray
     state: dict[str, Any] = field(default_factory=dict)
+    keep_ratio: float | None = None  # the round's rho from the controller (None: the config's)
 
 
 @dataclass

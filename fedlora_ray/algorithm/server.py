@@ -17,8 +17,10 @@ from fedlora_ray.algorithm.aggregate import covariance_term, fedavg
 from fedlora_ray.algorithm.backend import Backend
 from fedlora_ray.algorithm.messages import ClientTask
 from fedlora_ray.algorithm.sampling import client_seed, sample_clients
+from fedlora_ray.channel import Uplink
 from fedlora_ray.compress import apply_payload
 from fedlora_ray.config import RunConfig
+from fedlora_ray.control import UplinkController
 from fedlora_ray.data import load_wordnet, partition_indices
 from fedlora_ray.logging import RunLog
 from fedlora_ray.lora import save_adapter
@@ -56,6 +58,10 @@ class FederatedRun:
         sizes = np.array([len(p) for p in self.partition], dtype=np.float64)
         self.data_share = sizes / sizes.sum()  # p_i
         self.global_adapter = backend.initial_adapter()
+        self.uplink = Uplink(cfg.channel, fed.num_clients, fed.seed)
+        dims = [(b.shape[0], a.shape[1]) for b, a in self.global_adapter.lora.values()]
+        self.controller = UplinkController(cfg, dims, self.uplink)
+        self.sim_time = 0.0
         self.client_state: dict[int, dict[str, Any]] = {}
         self.round = 0
         self.history: list[dict[str, Any]] = []
@@ -69,6 +75,7 @@ class FederatedRun:
         t = self.round + 1
         round_start = time.perf_counter()
         sampled = sample_clients(fed.seed, t, fed.num_clients, fed.clients_per_round)
+        plan = self.controller.plan(t, sampled)
         tasks = [
             ClientTask(
                 int(i),
@@ -76,6 +83,7 @@ class FederatedRun:
                 client_seed(fed.seed, t, int(i)),
                 self.partition[i],
                 self.client_state.get(int(i), {}),
+                plan.keep_ratio,
             )
             for i in sampled
         ]
@@ -87,6 +95,16 @@ class FederatedRun:
         for r in replies:
             if r.state:
                 self.client_state[r.client_id] = r.state
+        # the uplink, on the simulated clock: bits actually sent over the planned shares
+        bits = np.array([r.bits_sent for r in replies], dtype=np.float64)
+        upload = self.uplink.upload_seconds(bits, plan.shares, plan.snr)
+        compute = self.uplink.compute_seconds(
+            sampled, np.array([r.examples * fed.local_epochs for r in replies])
+        )
+        upload_delay = float(upload.max())
+        round_delay = float((upload + compute).max())  # the slowest sampled client [seed (7)]
+        self.controller.observe(upload_delay)
+        self.sim_time += round_delay
         wsum = sum(weights)
         row: dict[str, Any] = {
             "round": t,
@@ -98,7 +116,13 @@ class FederatedRun:
             "covariance": covariance_term(uploads, weights),
             "uplink_bits": sum(r.bits_sent for r in replies),
             "kept_entries": sum(r.kept_entries for r in replies),
-            "keep_ratio": cfg.compression.keep_ratio if cfg.compression.method != "none" else 1.0,
+            "keep_ratio": plan.keep_ratio,
+            "queue": plan.queue,
+            "bound": plan.bound,
+            "upload_delay_s": upload_delay,
+            "round_delay_s": round_delay,
+            "sim_time_s": self.sim_time,
+            "solve_seconds": plan.solve_seconds,
             "orth_error_a": orth_a,
             "orth_error_b": orth_b,
             "lora_rank": cfg.model.lora_rank,
@@ -123,8 +147,13 @@ class FederatedRun:
                 "distortion": r.distortion,
                 "actor_id": r.actor_id,
                 "train_seconds": r.train_seconds,
+                "channel_gain": float(plan.gain[j]),
+                "snr_db": float(10 * np.log10(plan.snr[j])),
+                "bandwidth_share": float(plan.shares[j]),
+                "upload_s": float(upload[j]),
+                "compute_s": float(compute[j]),
             }
-            for w, r in zip(weights, replies)
+            for j, (w, r) in enumerate(zip(weights, replies))
         ]
         if self.log:
             self.log.append_round(row, client_rows)

@@ -21,6 +21,12 @@ ROUNDS_SCHEMA = pa.schema(
         pa.field("orth_error_a", pa.float64()),  # ||offdiag(A A^T)|| / ||diag|| of the global A
         pa.field("orth_error_b", pa.float64()),  # same for B^T B; null while B is all zero
         pa.field("lora_rank", pa.int32()),
+        pa.field("queue", pa.float64()),  # virtual queue Q(t) the round's choice was made with, in s
+        pa.field("bound", pa.float64()),  # Phi(r, rho) of the chosen rho
+        pa.field("upload_delay_s", pa.float64()),  # slowest upload: what the delay budget limits
+        pa.field("round_delay_s", pa.float64()),  # slowest compute + upload: the clock's step
+        pa.field("sim_time_s", pa.float64()),  # simulated clock: sum of round_delay_s
+        pa.field("solve_seconds", pa.float64()),  # the controller's solve, wall clock
         pa.field("round_seconds", pa.float64()),  # wall clock of this round at the driver
         pa.field("client_seconds", pa.float64()),  # summed local compute of the clients
         pa.field("elapsed_seconds", pa.float64()),  # wall clock since the run started
@@ -40,5 +46,10 @@ CLIENTS_SCHEMA = pa.schema(
         pa.field("distortion", pa.float64()),  # ||U - C(U)||^2 / ||U||^2 of the compensated update
         pa.field("actor_id", pa.string()),  # which client actor trained it ('serial' if none)
         pa.field("train_seconds", pa.float64()),
+        pa.field("channel_gain", pa.float64()),  # h_i = |g_i|^2 10^(-PL_i/10) this round
+        pa.field("snr_db", pa.float64()),  # P h_i / (N0 Bw), in dB
+        pa.field("bandwidth_share", pa.float64()),  # b_i
+        pa.field("upload_s", pa.float64()),  # bits_sent / (b_i Bw log2(1 + SNR)), simulated
+        pa.field("compute_s", pa.float64()),  # samples / device speed, simulated (0 if not modelled)
     ]
 )

@@ -48,6 +48,23 @@ def build_encoder(cfg: ModelConfig, seed: int) -> nn.Module:
     return BertModel(tiny)
 
 
+def lora_module_dims(cfg: ModelConfig) -> list[tuple[int, int]]:
+    """(d, k) = (out, in) features of every module LoRA targets, read from a weightless copy of
+    the base model (meta device), so the offline stage can size ranks before any model exists."""
+    from transformers import AutoConfig, AutoModel
+
+    with torch.device("meta"):
+        if cfg.name == "minilm":
+            encoder = AutoModel.from_config(AutoConfig.from_pretrained(_minilm_path()))
+        else:
+            encoder = build_encoder(cfg, seed=0)
+    return [
+        (m.out_features, m.in_features)
+        for name, m in encoder.named_modules()
+        if isinstance(m, nn.Linear) and name.split(".")[-1] in cfg.target_modules
+    ]
+
+
 def lora_config(cfg: ModelConfig) -> LoraConfig:
     return LoraConfig(
         r=cfg.lora_rank,
