@@ -37,6 +37,8 @@ FIG3_RANKS = (8, 16)
 KEEP = 0.1
 FIG4_LAMBDAS = (0.0, 1e-3, 1e-2)
 FIG56_SHARDS = (1, 2, 5, 20)
+FIG3C_RANKS = (1, 2, 4, 8, 16, 32)
+V_VALUES = (0.1, 10.0, 100.0)  # V = 1 is fig3c's TSFA run
 TAG = ""  # --tag: a variant's docs go to FIG-TAG.md and FIG-TAG_*.png
 
 
@@ -58,6 +60,23 @@ def plan(fig: str, seeds: list[int]) -> dict[str, list[str]]:
                     f"compression.keep_ratio={KEEP}",
                     f"compression.lambda_o={lam}",
                 ]
+        elif fig == "fig3c":
+            # TSFA against OSFA at fixed ranks under one delay budget; the head is frozen so that
+            # the LoRA uplink is what the clock and the accuracy measure (see Fig. 3).
+            common = ["compression.method=soft", "model.train_head=false"]
+            runs[f"fig3c-tsfa-s{s}"] = [*common, "controller.kind=tsfa"]
+            for r in FIG3C_RANKS:
+                runs[f"fig3c-osfa-r{r}-s{s}"] = [
+                    *common,
+                    "controller.kind=osfa",
+                    f"model.lora_rank={r}",
+                    f"model.lora_alpha={2 * r}",
+                ]  # noqa: E501
+        elif fig == "vtradeoff":
+            for v in V_VALUES:
+                runs[f"vtradeoff-V{v:g}-s{s}"] = [
+                    "compression.method=soft", "model.train_head=false", "controller.kind=tsfa", f"controller.V={v}"  # noqa: E501
+                ]  # fmt: skip
         elif fig == "fig56":
             for n in FIG56_SHARDS:
                 runs[f"fig56-shards{n}-s{s}"] = ["compression.method=none", f"data.shards_per_client={n}"]
@@ -231,7 +250,98 @@ def summarize_fig56(out: Path) -> list[str]:
     return [*lines, "", f"![covariance and accuracy]({_stem('fig56_covariance_accuracy')}.png)", ""]
 
 
-SUMMARIES = {"fig3": summarize_fig3, "fig4": summarize_fig4, "fig56": summarize_fig56}
+def summarize_fig3c(out: Path) -> list[str]:
+    plt = _plot()
+    runs = _runs(out, "fig3c-")
+    lines = ["## Seed Fig. 3(c): TSFA against OSFA at fixed ranks, same delay budget", "",
+             "SOFT, head frozen, D_bar = 0.2 s, V = 1; accuracy against the simulated clock.", "",
+             "| scheme | rank | seeds | final accuracy | last-3 accuracy | mean keep ratio | mean upload delay (s) "  # noqa: E501
+             "| simulated time (s) |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    fig, ax = plt.subplots(figsize=(7, 4.4))
+    groups: dict[str, list[Run]] = {}
+    for x in runs:
+        key = (
+            "TSFA" if x.config["controller"]["kind"] == "tsfa" else f"OSFA r={x.config['model']['lora_rank']}"
+        )
+        groups.setdefault(key, []).append(x)
+    for key in sorted(groups, key=lambda k: (k != "TSFA", int(k.split("=")[1]) if "=" in k else 0)):
+        group = groups[key]
+        xs, mean, std = mean_curve(group, "sim_time_s", "test_accuracy")
+        (line,) = ax.plot(xs, mean, label=key, lw=2.5 if key == "TSFA" else 1.2)
+        ax.fill_between(xs, mean - std, mean + std, alpha=0.12, color=line.get_color())
+        lines.append(
+            f"| {key.split()[0]} | {group[0].config['model']['lora_rank']} | {len(group)} | "
+            f"{_fmt([float(g.rounds['test_accuracy'].dropna().iloc[-1]) for g in group])} | "
+            f"{_fmt([_tail_accuracy(g) for g in group])} | {np.mean([g.rounds['keep_ratio'].mean() for g in group]):.3f} | "  # noqa: E501
+            f"{np.mean([g.rounds['upload_delay_s'].mean() for g in group]):.3f} | "
+            f"{np.mean([g.rounds['sim_time_s'].iloc[-1] for g in group]):.2f} |"
+        )
+    ax.set_xlabel("simulated time (s)")
+    ax.set_ylabel("test accuracy")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(DOCS / f"{_stem('fig3c_accuracy_vs_time')}.png", dpi=110)
+    return [*lines, "", f"![accuracy against simulated time]({_stem('fig3c_accuracy_vs_time')}.png)", ""]
+
+
+def summarize_vtradeoff(out: Path) -> list[str]:
+    runs = [x for x in _runs(out, "vtradeoff-")] + [x for x in _runs(out, "fig3c-tsfa")]
+    lines = ["## The V trade-off (training runs)", "",
+             "TSFA, SOFT, head frozen, D_bar = 0.2 s (V = 1 is Fig. 3(c)'s TSFA).", "",
+             "| V | seeds | mean upload delay (s) | mean bound | mean keep ratio | final accuracy | last-3 accuracy |",  # noqa: E501
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for v in sorted({x.config["controller"]["V"] for x in runs}):
+        group = [x for x in runs if x.config["controller"]["V"] == v]
+        lines.append(
+            f"| {v:g} | {len(group)} | {np.mean([g.rounds['upload_delay_s'].mean() for g in group]):.4f} | "
+            f"{np.mean([g.rounds['bound'].mean() for g in group]):.4f} | "
+            f"{np.mean([g.rounds['keep_ratio'].mean() for g in group]):.3f} | "
+            f"{_fmt([float(g.rounds['test_accuracy'].dropna().iloc[-1]) for g in group])} | "
+            f"{_fmt([_tail_accuracy(g) for g in group])} |"
+        )
+    return [*lines, ""]
+
+
+def summarize_budget(out: Path) -> list[str]:
+    """Controller only (no training): the delay budget over 10,000 rounds, per V."""
+    from fedlora_ray.config import load_config
+    from fedlora_ray.control.simulate import simulate_uplink
+
+    plt = _plot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    lines = ["## The delay budget over time (controller only, 10,000 rounds)", "",
+             "TSFA with SOFT on MiniLM's LoRA shapes, D_bar = 0.2 s, no training (`fedlora-ray control`).", "",  # noqa: E501
+             "| V | rank | mean upload delay (s) | last-1000 mean delay (s) | mean keep ratio | mean bound | final queue |",  # noqa: E501
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for v in (0.1, 1.0, 10.0, 100.0):
+        cfg = load_config(BASE, ["controller.kind=tsfa", "compression.method=soft", f"controller.V={v}"])
+        df = simulate_uplink(cfg, 10_000)
+        running = df["upload_delay_s"].cumsum() / df["round"]
+        axes[0].plot(df["round"], df["queue"], label=f"V = {v:g}")
+        axes[1].plot(df["round"], running, label=f"V = {v:g}")
+        lines.append(
+            f"| {v:g} | {df['lora_rank'].iloc[0]} | {df['upload_delay_s'].mean():.4f} | "
+            f"{df['upload_delay_s'].iloc[-1000:].mean():.4f} | {df['keep_ratio'].mean():.3f} | "
+            f"{df['bound'].mean():.4f} | {df['queue'].iloc[-1]:.3f} |"
+        )
+    axes[1].axhline(cfg.controller.delay_budget_s, color="k", ls="--", lw=1, label="D_bar")
+    for ax, name in zip(axes, ("virtual queue Q(t) (s)", "running average upload delay (s)")):
+        ax.set_xlabel("round")
+        ax.set_ylabel(name)
+        ax.set_xscale("log")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(DOCS / "budget_over_time.png", dpi=110)
+    return [*lines, "", "![queue and running average delay](budget_over_time.png)", ""]
+
+
+SUMMARIES = {
+    "fig3": summarize_fig3, "fig4": summarize_fig4, "fig56": summarize_fig56, "fig3c": summarize_fig3c,
+    "vtradeoff": summarize_vtradeoff, "budget": summarize_budget,
+}  # fmt: skip
 
 
 def summarize(fig: str, out: Path) -> Path:
@@ -245,7 +355,7 @@ def summarize(fig: str, out: Path) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("command", choices=["fig3", "fig4", "fig56", "summarize"])
+    ap.add_argument("command", choices=["fig3", "fig4", "fig56", "fig3c", "vtradeoff", "budget", "summarize"])
     ap.add_argument("fig", nargs="?", help="for summarize: fig3, fig4 or fig56")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--parallel", type=int, default=1)
@@ -259,6 +369,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     if args.command == "summarize":
         summarize(args.fig, out)
+        return
+    if args.command == "budget":
+        summarize("budget", out)
         return
     run_all(plan(args.command, args.seeds), out, args.parallel, args.overrides)
     summarize(args.command, out)
