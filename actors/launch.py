@@ -40,7 +40,7 @@ def check_resources(cfg: RunConfig) -> None:
 
 
 def run_on_ray(cfg: RunConfig, run_dir: str | Path | None) -> dict[str, Any]:
-    cfg = resolve_rank(cfg)  # TSFA's offline stage picks the rank before any actor builds a model
+    cfg = resolve_rank(cfg, run_dir)  # TSFA's offline stage picks the rank before any actor builds a model
     started = connect(cfg)
     try:
         if started:

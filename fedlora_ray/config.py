@@ -191,6 +191,12 @@ class ControllerConfig:
     c_s: float = fld(1e-3, "Constant of the sparsification term of the bound (ours).", gt=0)
     c_c: float = fld(1e-3, "Constant of the covariance term of the bound (ours).", ge=0)
     kappa_het: float = fld(1.0, "Data-heterogeneity factor of the covariance term (ours).", ge=0)
+    calibrate: bool = fld(
+        False,
+        "Pilot calibration (ours, beyond the seed): before the offline stage, train centrally at "
+        "rank R and fit sigma_beta to the singular values of B A; written to calibration.json.",
+    )
+    calibrate_steps: int = fld(30, "Optimiser steps of the pilot calibration.", ge=1)
     solver: str = fld(
         "scalar", "Online solve: 'scalar' (bisection, used in the loop) or 'cvxpy' (Clarabel).",
         choices=("scalar", "cvxpy"),

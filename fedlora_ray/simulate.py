@@ -43,7 +43,7 @@ class SerialBackend:
 
 
 def run_serial(cfg: RunConfig, run_dir: str | Path | None) -> dict[str, Any]:
-    cfg = resolve_rank(cfg)  # TSFA's offline stage picks the rank before any model is built
+    cfg = resolve_rank(cfg, run_dir)  # TSFA's offline stage picks the rank before any model is built
     backend = SerialBackend(cfg)
     try:
         return FederatedRun(cfg, backend, run_dir).run()

@@ -113,3 +113,21 @@ def test_tsfa_builds_the_model_at_the_offline_rank(tmp_path):
     assert rounds["upload_delay_s"].tolist() == pytest.approx(
         clients.groupby("round")["upload_s"].max().tolist()
     )
+
+
+def test_pilot_calibration_fits_and_records_the_profile(tmp_path):
+    import json
+
+    from fedlora_ray.control.controller import resolve_rank
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(
+        "controller.kind=tsfa", "compression.method=soft", "controller.calibrate=true",
+        "controller.max_rank=8", "controller.calibrate_steps=5",
+    )  # fmt: skip
+    resolved = resolve_rank(cfg, tmp_path)
+    record = json.loads((tmp_path / "calibration.json").read_text())
+    profile = np.array(record["sigma_profile"])
+    assert len(profile) == 8 and profile[0] == pytest.approx(1.0) and np.all(np.diff(profile) <= 1e-12)
+    assert resolved.controller.sigma_beta == pytest.approx(record["sigma_beta"]) and record["sigma_beta"] > 0
+    assert 1 <= resolved.model.lora_rank <= 8

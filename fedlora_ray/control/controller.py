@@ -10,9 +10,11 @@ every run logs how far it is from the delay budget.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -62,12 +64,23 @@ def offline_rank(cfg: RunConfig, dims: list[tuple[int, int]], uplink: Uplink) ->
     return int(np.argmin(values)) + 1, values
 
 
-def resolve_rank(cfg: RunConfig) -> RunConfig:
+def resolve_rank(cfg: RunConfig, run_dir: str | Path | None = None) -> RunConfig:
     """For TSFA, the config with model.lora_rank set to the offline r* (before any model is
-    built); other kinds keep the configured rank."""
+    built), after the pilot calibration when ``controller.calibrate``; other kinds keep the
+    configured rank."""
     if cfg.controller.kind != "tsfa":
         return cfg
     from fedlora_ray.lora.model import lora_module_dims
+
+    if cfg.controller.calibrate:
+        from fedlora_ray.control.calibrate import pilot_calibration
+
+        record = pilot_calibration(cfg)
+        cfg = replace(cfg, f"controller.sigma_beta={record['sigma_beta']}")
+        print(f"pilot calibration: sigma_beta = {record['sigma_beta']:.3f}", flush=True)
+        if run_dir is not None:
+            Path(run_dir).mkdir(parents=True, exist_ok=True)
+            (Path(run_dir) / "calibration.json").write_text(json.dumps(record, indent=2))
 
     uplink = Uplink(cfg.channel, cfg.federation.num_clients, cfg.federation.seed)
     r_star, _ = offline_rank(cfg, lora_module_dims(cfg.model), uplink)
