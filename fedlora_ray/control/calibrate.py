@@ -53,7 +53,7 @@ def pilot_calibration(cfg: RunConfig) -> dict[str, Any]:
     return {
         "max_rank": rank,
         "steps": cfg.controller.calibrate_steps,
-        "final_pilot_loss": float(loss),
+        "final_pilot_loss": float(loss.detach()),
         "sigma_profile": profile.tolist(),
         "sigma_beta": float(max(1e-3, -slope)),
     }
