@@ -46,6 +46,15 @@ def flat(ub: torch.Tensor, ua: torch.Tensor) -> torch.Tensor:
     return torch.cat([ub.reshape(-1), ua.reshape(-1)])
 
 
+def rank_component_positions(d: int, r: int, k: int) -> torch.Tensor:
+    """(r, d + k) table: row j holds the flat positions of rank j's component, column j of B
+    (B[i, j] at i * r + j) then row j of A (A[j, c] after all of B, at d * r + j * k + c)."""
+    j = torch.arange(r).unsqueeze(1)
+    b_pos = torch.arange(d).unsqueeze(0) * r + j
+    a_pos = d * r + j * k + torch.arange(k).unsqueeze(0)
+    return torch.cat([b_pos, a_pos], dim=1)
+
+
 def payload_bits(kept: int, size: int, value_bits: int, dense: bool) -> int:
     """kept * q_value, plus the positions: ceil(log2 M) bits each, or an M-bit bitmap when
     that is smaller; a dense upload sends no positions [ALGORITHMS 2, ours]."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from fedlora_ray.compress.base import rank_component_positions
 from fedlora_ray.config import CompressionConfig
 
 
@@ -22,7 +23,5 @@ def select(
 ) -> torch.Tensor:
     d, r = ub.shape
     k = ua.shape[1]
-    ranks = torch.randperm(r, generator=gen)[: budget // (d + k)].unsqueeze(1)
-    b_pos = torch.arange(d).unsqueeze(0) * r + ranks
-    a_pos = d * r + ranks * k + torch.arange(k).unsqueeze(0)
-    return torch.sort(torch.cat([b_pos, a_pos], dim=1).reshape(-1)).values
+    ranks = torch.randperm(r, generator=gen)[: budget // (d + k)]
+    return torch.sort(rank_component_positions(d, r, k)[ranks].reshape(-1)).values

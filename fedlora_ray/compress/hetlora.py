@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from fedlora_ray.compress.base import rank_component_positions
 from fedlora_ray.config import CompressionConfig
 
 
@@ -22,9 +23,5 @@ def select(
     gen: torch.Generator,
 ) -> torch.Tensor:
     d, r = ub.shape
-    k = ua.shape[1]
-    j = torch.arange(r).unsqueeze(1)
-    b_pos = torch.arange(d).unsqueeze(0) * r + j  # (r, d): B[i, j]
-    a_pos = d * r + j * k + torch.arange(k).unsqueeze(0)  # (r, k): A[j, c]
-    by_rank = torch.cat([b_pos, a_pos], dim=1).reshape(-1)
+    by_rank = rank_component_positions(d, r, ua.shape[1]).reshape(-1)  # rank 0's entries first
     return torch.sort(by_rank[:budget]).values

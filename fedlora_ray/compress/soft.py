@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from fedlora_ray.compress.base import rank_component_positions
 from fedlora_ray.config import CompressionConfig
 
 
@@ -64,9 +65,6 @@ def select(
         row_a = row_a / row_a.norm(dim=1, keepdim=True).clamp_min(1e-30)
     mag = torch.cat([col_b, row_a], dim=1)  # (r, d + k)
     order = torch.argsort(mag, dim=1, descending=True, stable=True)
-    keep = torch.arange(d + k).unsqueeze(0) < per_rank.unsqueeze(1)
-    j = torch.arange(r).unsqueeze(1).expand(r, d + k)[keep]
-    c = order[keep]
-    # column c < d is B[c, j] at c * r + j; column c >= d is A[j, c - d] after all of B
-    pos = torch.where(c < d, c * r + j, d * r + j * k + (c - d))
-    return torch.sort(pos).values
+    keep = torch.arange(d + k).unsqueeze(0) < per_rank.unsqueeze(1)  # rank j's first k_j
+    chosen = torch.gather(rank_component_positions(d, r, k), 1, order)[keep]
+    return torch.sort(chosen).values
