@@ -26,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fedlora_ray.report import Run, load_run, mean_curve  # noqa: E402
+from fedlora_ray.report import Run, final_value, load_run, mean_curve  # noqa: E402
 
 BASE = ROOT / "jobs" / "configs" / "quickstart.yaml"
 DOCS = ROOT / "docs" / "experiments"
@@ -172,7 +172,7 @@ def summarize_fig3(out: Path) -> list[str]:
             ax.fill_between(xs, mean - std, mean + std, alpha=0.15, color=line.get_color())
             mbit = np.mean([g.rounds["uplink_bits"].mean() / g.rounds["sampled"].mean() / 1e6 for g in group])
             lines.append(
-                f"| {r} | {LABEL[m]} | {len(group)} | {_fmt([float(g.rounds['test_accuracy'].dropna().iloc[-1]) for g in group])} | "  # noqa: E501
+                f"| {r} | {LABEL[m]} | {len(group)} | {_fmt([final_value(g, 'test_accuracy') for g in group])} | "  # noqa: E501
                 f"{_fmt([_tail_accuracy(g) for g in group])} | {mbit:.3f} |"
             )
         ax.set_title(f"LoRA rank {r}, rho = {KEEP}")
@@ -200,7 +200,7 @@ def summarize_fig4(out: Path) -> list[str]:
         group = [x for x in runs if x.config["compression"]["lambda_o"] == lam]
         lines.append(
             f"| {lam:g} | {len(group)} | "
-            f"{_fmt([float(g.rounds['test_accuracy'].dropna().iloc[-1]) for g in group])} | "
+            f"{_fmt([final_value(g, 'test_accuracy') for g in group])} | "
             f"{_fmt([_tail_accuracy(g) for g in group])} | {_fmt([float(g.rounds['orth_error_a'].iloc[-1]) for g in group])} | "  # noqa: E501
             f"{_fmt([float(g.rounds['orth_error_b'].iloc[-1]) for g in group])} |"
         )
@@ -238,7 +238,7 @@ def summarize_fig56(out: Path) -> list[str]:
         lines.append(
             f"| {n} | {len(group)} | {_fmt([float(g.rounds['covariance'].mean()) for g in group])} | "
             f"{_fmt([float(g.rounds['covariance'].iloc[-1]) for g in group])} | "
-            f"{_fmt([float(g.rounds['test_accuracy'].dropna().iloc[-1]) for g in group])} | {_fmt([_tail_accuracy(g) for g in group])} |"  # noqa: E501
+            f"{_fmt([final_value(g, 'test_accuracy') for g in group])} | {_fmt([_tail_accuracy(g) for g in group])} |"  # noqa: E501
         )
     for ax, name in zip(axes, ("covariance term", "test accuracy")):
         ax.set_xlabel("round")
@@ -272,7 +272,7 @@ def summarize_fig3c(out: Path) -> list[str]:
         ax.fill_between(xs, mean - std, mean + std, alpha=0.12, color=line.get_color())
         lines.append(
             f"| {key.split()[0]} | {group[0].config['model']['lora_rank']} | {len(group)} | "
-            f"{_fmt([float(g.rounds['test_accuracy'].dropna().iloc[-1]) for g in group])} | "
+            f"{_fmt([final_value(g, 'test_accuracy') for g in group])} | "
             f"{_fmt([_tail_accuracy(g) for g in group])} | {np.mean([g.rounds['keep_ratio'].mean() for g in group]):.3f} | "  # noqa: E501
             f"{np.mean([g.rounds['upload_delay_s'].mean() for g in group]):.3f} | "
             f"{np.mean([g.rounds['sim_time_s'].iloc[-1] for g in group]):.2f} |"
@@ -298,7 +298,7 @@ def summarize_vtradeoff(out: Path) -> list[str]:
             f"| {v:g} | {len(group)} | {np.mean([g.rounds['upload_delay_s'].mean() for g in group]):.4f} | "
             f"{np.mean([g.rounds['bound'].mean() for g in group]):.4f} | "
             f"{np.mean([g.rounds['keep_ratio'].mean() for g in group]):.3f} | "
-            f"{_fmt([float(g.rounds['test_accuracy'].dropna().iloc[-1]) for g in group])} | "
+            f"{_fmt([final_value(g, 'test_accuracy') for g in group])} | "
             f"{_fmt([_tail_accuracy(g) for g in group])} |"
         )
     return [*lines, ""]

@@ -20,7 +20,3 @@ def residual(update: Factors, sent: Compressed) -> Factors:
         cb, ca = dense_update(sent.payload[m], ub.shape, ua.shape)
         out[m] = (ub - cb, ua - ca)
     return out
-
-
-def memory_size(memory: Factors) -> int:
-    return sum(b.numel() + a.numel() for b, a in memory.values())
