@@ -156,6 +156,46 @@ class CompressionConfig:
 
 
 @dataclass(frozen=True)
+class AlgorithmConfig:
+    kind: str = fld(
+        "fedavg",
+        "Federated LoRA scheme: 'fedavg' (every client trains the full rank r; FedAvg of B and A, "
+        "with compression.method on the uplink), 'fslora' (sketched submatrices, seed 003), "
+        "'hetlora' (per-client rank truncation, norm-weighted zero-padded aggregation), 'ffa' "
+        "(FFA-LoRA: A frozen, only B trained and sent).",
+        choices=("fedavg", "fslora", "hetlora", "ffa"),
+    )
+    client_ratios: tuple[float, ...] = fld(
+        (0.125, 0.25, 0.5),
+        "Per-client ratio k_i / r (fslora's sketch) or r_i / r (hetlora's rank), each client "
+        "drawing one of these uniformly, seeded, for the whole run (ALGORITHMS 6).",
+    )
+    server_optimizer: str = fld(
+        "sgd",
+        "Server step on the aggregated update: 'sgd' (X += server_lr * update; 1.0 is plain "
+        "averaging) or 'adam' (the aggregate taken as a negative gradient, as FSLoRA's code).",
+        choices=("sgd", "adam"),
+    )
+    server_lr: float = fld(1.0, "eta_s, the server step size.", gt=0)
+    server_beta1: float = fld(0.9, "Server Adam beta1.", ge=0, le=0.999999)
+    server_beta2: float = fld(0.99, "Server Adam beta2.", ge=0, le=0.999999)
+    server_eps: float = fld(1e-8, "Server Adam epsilon.", gt=0)
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    kind: str = fld(
+        "uniform",
+        "Client sampling: 'uniform' (K distinct clients per round, seed V) or 'independent' (each "
+        "client joins with its own probability q_i, ALGORITHMS 7; q_i = K / N unless the adaptive "
+        "controller sets them; the aggregate is reweighted by p_i / q_i to stay unbiased).",
+        choices=("uniform", "independent"),
+    )
+    q_min: float = fld(0.01, "Smallest sampling probability the adaptive controller may give.", gt=0, le=1)  # noqa: E501
+    q_max: float = fld(1.0, "Largest sampling probability the adaptive controller may give.", gt=0, le=1)  # noqa: E501
+
+
+@dataclass(frozen=True)
 class ChannelConfig:
     bandwidth_hz: float = fld(20e6, "Bw: total uplink bandwidth shared by FDMA, in Hz (ours: 20 MHz).", gt=0)
     tx_power_w: float = fld(0.1, "P: client transmit power, in W (ours: 0.1 W).", gt=0)
@@ -171,6 +211,19 @@ class ChannelConfig:
         ge=0,
     )
     compute_sigma: float = fld(0.0, "Spread of the per-client speed: lognormal sigma (0: all equal).", ge=0)
+    tx_power_sigma_db: float = fld(
+        0.0,
+        "Spread of the per-client transmit power: P_i = tx_power_w * 10^(x_i / 10), x_i ~ "
+        "N(0, sigma^2) in dB, seeded (ours; 0: every client sends at tx_power_w).",
+        ge=0,
+    )
+    compute_fixed_share: float = fld(
+        0.7,
+        "omega: the share of a client's compute that sketching or rank truncation does not save; "
+        "t_cmp(s) = tau (omega + (1 - omega) s) for sketch ratio s [ALGORITHMS 7, ours].",
+        ge=0,
+        le=1,
+    )
 
 
 @dataclass(frozen=True)
@@ -179,8 +232,11 @@ class ControllerConfig:
         "equal",
         "Per-round uplink control: 'equal' (given rank and keep ratio, equal bandwidth), 'fixed' "
         "(given rank and keep ratio, bandwidth by seed eq. 41), 'osfa' (given rank; keep ratio "
-        "and bandwidth by the Lyapunov online stage), 'tsfa' (offline rank r* + online stage).",
-        choices=("equal", "fixed", "osfa", "tsfa"),
+        "and bandwidth by the Lyapunov online stage), 'tsfa' (offline rank r* + online stage), "
+        "'finish' (given rank, ratios and sampling; bandwidth split so the round's participants "
+        "finish compute + upload together), 'adaptive' (ALGORITHMS 7: sampling probabilities q_i "
+        "and sketch ratios s_i chosen once to minimise rounds x E[round time], then 'finish').",
+        choices=("equal", "fixed", "osfa", "tsfa", "finish", "adaptive"),
     )
     delay_budget_s: float = fld(0.2, "D_bar: long-term average upload delay per round, in s.", gt=0)
     V: float = fld(1.0, "Lyapunov trade-off: larger V weighs the bound over the delay queue.", gt=0)
@@ -201,6 +257,20 @@ class ControllerConfig:
         "scalar", "Online solve: 'scalar' (bisection, used in the loop) or 'cvxpy' (Clarabel).",
         choices=("scalar", "cvxpy"),
     )  # fmt: skip
+    sketch_options: tuple[float, ...] = fld(
+        (0.125, 0.25, 0.5, 1.0),
+        "Sketch ratios s = k / r the adaptive controller chooses from, per client (ALGORITHMS 7).",
+    )
+    a0: float = fld(
+        1.0, "Adaptive objective: rounds ~ a0 + a1 * sampling term + a2 * sketch term (ours).", ge=0
+    )  # noqa: E501
+    a1: float = fld(
+        20.0, "Weight of the sampling-variance term sum p_i^2 (1 - q_i) / q_i G_i^2 (ours).", ge=0
+    )  # noqa: E501
+    a2: float = fld(0.5, "Weight of the sketching term sum p_i (1 / s_i - 1) G_i^2 (ours).", ge=0)
+    grad_sq: float = fld(
+        1.0, "G_i^2, the per-client gradient-norm bound in the objective, equal for all (ours).", gt=0
+    )
 
 
 @dataclass(frozen=True)
@@ -251,6 +321,12 @@ class RunConfig:
     )
     compression: CompressionConfig = field(
         default_factory=CompressionConfig, metadata={"help": "Uplink sparsification (SOFT and baselines)."}
+    )
+    algorithm: AlgorithmConfig = field(
+        default_factory=AlgorithmConfig, metadata={"help": "Federated LoRA scheme (FSLoRA, HetLoRA, FFA)."}
+    )
+    sampling: SamplingConfig = field(
+        default_factory=SamplingConfig, metadata={"help": "Which clients take part each round."}
     )
     channel: ChannelConfig = field(
         default_factory=ChannelConfig, metadata={"help": "Wireless uplink (seed II-C)."}
@@ -398,6 +474,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         )
     if not model.target_modules:
         raise ConfigError("config field 'model.target_modules' = []: name at least one module")
+    _validate_schemes(cfg)
     if cfg.runtime.num_gpus_per_actor > 1 and cfg.runtime.num_gpus_per_actor != int(
         cfg.runtime.num_gpus_per_actor
     ):
@@ -406,6 +483,55 @@ def validate(cfg: RunConfig) -> RunConfig:
             "above 1 it must be a whole number"
         )
     return cfg
+
+
+def _validate_ratios(path: str, ratios: tuple[float, ...], rank: int) -> None:
+    if not ratios:
+        raise ConfigError(f"config field '{path}' = []: give at least one ratio in (0, 1]")
+    for i, x in enumerate(ratios):
+        if not 0 < x <= 1:
+            raise ConfigError(f"config field '{path}[{i}]' = {x}: must be in (0, 1]")
+        if round(x * rank) < 1:
+            raise ConfigError(
+                f"config field '{path}[{i}]' = {x}: x * model.lora_rank ({rank}) rounds to 0 "
+                "components; use a larger ratio or rank"
+            )
+
+
+def _validate_schemes(cfg: RunConfig) -> None:
+    """Rules tying the algorithm, sampling and controller sections together."""
+    alg, ctl, samp = cfg.algorithm, cfg.controller, cfg.sampling
+    if alg.kind != "fedavg" and cfg.compression.method != "none":
+        raise ConfigError(
+            f"config field 'compression.method' = {cfg.compression.method!r}: the sparsifiers apply "
+            f"to algorithm.kind='fedavg' only; algorithm.kind={alg.kind!r} sends its own update, so "
+            "set compression.method='none'"
+        )
+    if alg.kind in ("fslora", "hetlora"):
+        _validate_ratios("algorithm.client_ratios", alg.client_ratios, cfg.model.lora_rank)
+    if ctl.kind == "adaptive":
+        if alg.kind != "fslora":
+            raise ConfigError(
+                f"config field 'controller.kind' = 'adaptive': it chooses sketch ratios, so "
+                f"algorithm.kind must be 'fslora', not {alg.kind!r}"
+            )
+        if samp.kind != "independent":
+            raise ConfigError(
+                "config field 'controller.kind' = 'adaptive': it chooses sampling probabilities, so "
+                f"sampling.kind must be 'independent', not {samp.kind!r}"
+            )
+        _validate_ratios("controller.sketch_options", ctl.sketch_options, cfg.model.lora_rank)
+    if samp.q_min > samp.q_max:
+        raise ConfigError(
+            f"config field 'sampling.q_min' = {samp.q_min}: must be <= sampling.q_max ({samp.q_max})"
+        )
+    n, k = cfg.federation.num_clients, cfg.federation.clients_per_round
+    if samp.kind == "independent" and not samp.q_min * n <= k <= samp.q_max * n:
+        raise ConfigError(
+            f"config field 'federation.clients_per_round' = {k}: with independent sampling the "
+            f"expected number of participants must lie in [q_min N, q_max N] = "
+            f"[{samp.q_min * n:g}, {samp.q_max * n:g}]"
+        )
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -3,7 +3,8 @@
     python jobs/experiments.py fig3  [--seeds 0 1 2] [--parallel 4] [--out runs/exp] [--set a.b=v ...]
     python jobs/experiments.py fig4  ...   # orthogonal regulariser: heatmaps + accuracy
     python jobs/experiments.py fig56 ...   # covariance and accuracy against shards per client
-    python jobs/experiments.py summarize fig3|fig4|fig56 [--out runs/exp]   # tables/plots only
+    python jobs/experiments.py wallclock ... # ALGORITHMS 7: simulated time to a target accuracy
+    python jobs/experiments.py summarize fig3|fig4|fig56|wallclock [--out runs/exp]   # tables/plots only
 
 Each command runs the runs it misses (a run with a summary.json is kept), several at a time
 as separate processes of `fedlora-ray run` on the serial backend (CUDA when available), then
@@ -39,6 +40,32 @@ FIG4_LAMBDAS = (0.0, 1e-3, 1e-2)
 FIG56_SHARDS = (1, 2, 5, 20)
 FIG3C_RANKS = (1, 2, 4, 8, 16, 32)
 V_VALUES = (0.1, 10.0, 100.0)  # V = 1 is fig3c's TSFA run
+# Wall-clock comparison (issue 5): one heterogeneous system, five schemes, rank 16, head frozen.
+WALL_COMMON = [
+    "model.train_head=false", "model.lora_rank=16", "model.lora_alpha=32",
+    "federation.rounds=60", "federation.eval_every=1",
+    "channel.bandwidth_hz=5e6", "channel.compute_samples_per_s=40", "channel.compute_sigma=1.0",
+    "channel.tx_power_sigma_db=4", "controller.kind=finish",
+]  # fmt: skip
+WALL_SCHEMES = {
+    "adaptive": ["algorithm.kind=fslora", "sampling.kind=independent", "controller.kind=adaptive"],
+    # ablation: the adaptive q_i with every sketch ratio fixed at 1
+    "adaptiveq": [
+        "algorithm.kind=fslora",
+        "sampling.kind=independent",
+        "controller.kind=adaptive",
+        "controller.sketch_options=[1.0]",
+    ],  # fmt: skip
+    "fslora": ["algorithm.kind=fslora"],
+    "hetlora": ["algorithm.kind=hetlora"],
+    "ffa": ["algorithm.kind=ffa"],
+    "fedavg": ["algorithm.kind=fedavg"],
+}
+WALL_LABEL = {"adaptive": "Adaptive (FSLoRA + independent q, s)", "adaptiveq": "Adaptive q only (s = 1)",
+              "fslora": "FSLoRA, uniform sampling",
+              "hetlora": "HetLoRA", "ffa": "FFA-LoRA", "fedavg": "FedAvg-LoRA, full rank"}  # fmt: skip
+WALL_TARGETS = (0.4, 0.5, 0.55)
+WALL_PRIMARY = 0.5
 TAG = ""  # --tag: a variant's docs go to FIG-TAG.md and FIG-TAG_*.png
 
 
@@ -77,6 +104,9 @@ def plan(fig: str, seeds: list[int]) -> dict[str, list[str]]:
                 runs[f"vtradeoff-V{v:g}-s{s}"] = [
                     "compression.method=soft", "model.train_head=false", "controller.kind=tsfa", f"controller.V={v}"  # noqa: E501
                 ]  # fmt: skip
+        elif fig == "wallclock":
+            for name, sets in WALL_SCHEMES.items():
+                runs[f"wallclock-{name}-s{s}"] = [*WALL_COMMON, *sets]
         elif fig == "fig56":
             for n in FIG56_SHARDS:
                 runs[f"fig56-shards{n}-s{s}"] = ["compression.method=none", f"data.shards_per_client={n}"]
@@ -338,9 +368,85 @@ def summarize_budget(out: Path) -> list[str]:
     return [*lines, "", "![queue and running average delay](budget_over_time.png)", ""]
 
 
+def time_to_accuracy(run: Run, target: float) -> float:
+    """Simulated time at the first evaluation reaching ``target`` (nan if never)."""
+    hit = run.rounds[run.rounds["test_accuracy"] >= target]
+    return float(hit["sim_time_s"].iloc[0]) if len(hit) else float("nan")
+
+
+def summarize_wallclock(out: Path) -> list[str]:
+    plt = _plot()
+    runs = _runs(out, "wallclock-")
+    by_scheme = {
+        k: sorted([x for x in runs if x.path.name.startswith(f"wallclock-{k}-s")], key=lambda r: r.seed)
+        for k in WALL_SCHEMES
+    }
+    lines = ["## Wall-clock time to a target accuracy (ALGORITHMS 7)", "",
+             "One heterogeneous system for every scheme (rank 16, head frozen, 60 rounds): compute speed "
+             "lognormal (median 40 samples/s, sigma 1), transmit power lognormal (sigma 4 dB), distances "
+             "50-500 m, 5 MHz uplink, bandwidth split so that each round's participants finish together. "
+             "Time is the simulated clock (compute + upload of the slowest participant, summed over rounds).",
+             "", "| scheme | seeds | " + " | ".join(f"time to {t:g} (s)" for t in WALL_TARGETS)
+             + " | mean round (s) | mean participants | Mbit / participant | objective | last-3 accuracy |",
+             "|---|---|" + "---|" * len(WALL_TARGETS) + "---|---|---|---|---|"]  # fmt: skip
+
+    def cell(values: list[float]) -> str:
+        got = [v for v in values if np.isfinite(v)]
+        miss = len(values) - len(got)
+        text = _fmt(got) if got else "not reached"
+        return text + (f" ({miss} not reached)" if got and miss else "")
+
+    for key, group in by_scheme.items():
+        if not group:
+            continue
+        times = [cell([time_to_accuracy(g, t) for g in group]) for t in WALL_TARGETS]
+        mbit = np.mean([g.rounds["uplink_bits"].sum() / g.rounds["sampled"].sum() for g in group]) / 1e6
+        lines.append(
+            f"| {WALL_LABEL[key]} | {len(group)} | " + " | ".join(times) + " | "
+            f"{np.mean([g.rounds['round_delay_s'].mean() for g in group]):.2f} | "
+            f"{np.mean([g.rounds['sampled'].mean() for g in group]):.1f} | "
+            f"{mbit:.2f} | "
+            f"{np.mean([g.rounds['objective'].iloc[0] for g in group]):.2f} | "
+            f"{_fmt([_tail_accuracy(g) for g in group])} |"
+        )
+    lines += ["", f"Speed-up of the adaptive scheme to accuracy {WALL_PRIMARY:g}, per seed (baseline time / "
+              "adaptive time, paired by seed), mean ± std:", "",
+              "| against | speed-ups per seed | mean ± std |", "|---|---|---|"]  # fmt: skip
+    ada = {g.seed: time_to_accuracy(g, WALL_PRIMARY) for g in by_scheme["adaptive"]}
+    for key in [k for k in WALL_SCHEMES if k != "adaptive"]:
+        ratios = [time_to_accuracy(g, WALL_PRIMARY) / ada[g.seed] for g in by_scheme[key] if g.seed in ada]
+        shown = ", ".join("n/a" if not np.isfinite(r) else f"{r:.2f}" for r in ratios)
+        finite = [r for r in ratios if np.isfinite(r)]
+        lines.append(f"| {WALL_LABEL[key]} | {shown} | {_fmt(finite) if finite else 'n/a'} |")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
+    for key, group in by_scheme.items():
+        color = None
+        for g in group:
+            acc = g.rounds.dropna(subset=["test_accuracy"])
+            (line,) = axes[0].plot(acc["sim_time_s"], acc["test_accuracy"], color=color, lw=1.1,
+                                   label=WALL_LABEL[key] if color is None else None)  # fmt: skip
+            color = line.get_color()
+            axes[1].plot(acc["round"], acc["test_accuracy"], color=color, lw=1.1)
+    axes[0].axhline(WALL_PRIMARY, color="k", ls="--", lw=0.8)
+    axes[0].set_xlabel("simulated time (s)")
+    axes[1].set_xlabel("round")
+    axes[0].set_ylabel("test accuracy")
+    axes[0].legend(fontsize=8)
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(DOCS / f"{_stem('wallclock_accuracy')}.png", dpi=110)
+    return [
+        *lines,
+        "",
+        f"![accuracy against simulated time and round]({_stem('wallclock_accuracy')}.png)",
+        "",
+    ]
+
+
 SUMMARIES = {
     "fig3": summarize_fig3, "fig4": summarize_fig4, "fig56": summarize_fig56, "fig3c": summarize_fig3c,
-    "vtradeoff": summarize_vtradeoff, "budget": summarize_budget,
+    "vtradeoff": summarize_vtradeoff, "budget": summarize_budget, "wallclock": summarize_wallclock,
 }  # fmt: skip
 
 
@@ -355,7 +461,9 @@ def summarize(fig: str, out: Path) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("command", choices=["fig3", "fig4", "fig56", "fig3c", "vtradeoff", "budget", "summarize"])
+    ap.add_argument(
+        "command", choices=["fig3", "fig4", "fig56", "fig3c", "vtradeoff", "budget", "wallclock", "summarize"]
+    )
     ap.add_argument("fig", nargs="?", help="for summarize: fig3, fig4 or fig56")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--parallel", type=int, default=1)

@@ -78,3 +78,20 @@ def test_fractional_gpus_pack_two_actors_per_gpu(ray_session):
         assert ray.available_resources().get("GPU", 0) == pytest.approx(0)
     finally:
         backend.close()
+
+
+def test_adaptive_fslora_gives_the_same_numbers_on_ray_and_serial(ray_session, tmp_path):
+    """FSLoRA sketches, independent sampling and the adaptive plan: the sketch is drawn from the
+    client's round seed, so any actor draws the same one."""
+    common = (
+        "federation.rounds=3", "model.lora_rank=8", "model.lora_alpha=16", "algorithm.kind=fslora",
+        "sampling.kind=independent", "controller.kind=adaptive", "channel.compute_samples_per_s=40",
+        "channel.compute_sigma=1.0",
+    )  # fmt: skip
+    run_serial(tiny_config(*common), tmp_path / "serial")
+    run_on_ray(tiny_config(*common, "runtime.backend=ray", "runtime.num_actors=2"), tmp_path / "ray")
+    columns = [*EXACT_CLIENT_COLUMNS, "sample_prob", "components", "upload_s", "compute_s"]
+    for name, cols in (("rounds", [*EXACT_ROUND_COLUMNS, "sim_time_s", "objective"]), ("clients", columns)):
+        ref = pd.read_parquet(tmp_path / "serial" / f"{name}.parquet")
+        got = pd.read_parquet(tmp_path / "ray" / f"{name}.parquet")
+        pd.testing.assert_frame_equal(got[cols], ref[cols], check_exact=True)

@@ -9,24 +9,77 @@ import torch
 from fedlora_ray.lora.adapter import Adapter
 
 
+def _weighted_sum(weights: Sequence[float], tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    return sum((float(w) * t for w, t in zip(weights, tensors)), torch.zeros_like(tensors[0]))
+
+
+def _normalised(weights: Sequence[float] | torch.Tensor) -> list[float]:
+    w = torch.as_tensor(weights, dtype=torch.float64)
+    return (w / w.sum()).tolist()
+
+
 def fedavg(uploads: Sequence[Adapter], weights: Sequence[float]) -> Adapter:
     """Average B and A **separately**, weighted by the data shares renormalised over the
     sampled set [seed II-B]. The head, when trained, is averaged the same way."""
-    w = torch.tensor(weights, dtype=torch.float64)
-    w = (w / w.sum()).to(torch.float32)
-    first = uploads[0]
+    w = _normalised(weights)
     lora = {
         m: (
-            sum((wi * u.lora[m][0] for wi, u in zip(w, uploads)), torch.zeros_like(first.lora[m][0])),
-            sum((wi * u.lora[m][1] for wi, u in zip(w, uploads)), torch.zeros_like(first.lora[m][1])),
+            _weighted_sum(w, [u.lora[m][0] for u in uploads]),
+            _weighted_sum(w, [u.lora[m][1] for u in uploads]),
         )
-        for m in first.lora
+        for m in uploads[0].lora
     }
-    head = {
-        k: sum((wi * u.head[k] for wi, u in zip(w, uploads)), torch.zeros_like(first.head[k]))
-        for k in first.head
-    }
+    head = {k: _weighted_sum(w, [u.head[k] for u in uploads]) for k in uploads[0].head}
     return Adapter(lora, head)
+
+
+def aggregate_update(
+    global_adapter: Adapter, uploads: Sequence[Adapter], weights: Sequence[float]
+) -> Adapter:
+    """U = sum_i w_i (X_i - X) with the weights as given (not renormalised), for B, A and the
+    head. With w_i = p_i / sum_S p_j this is FedAvg's step; with w_i = p_i / q_i the unbiased
+    step of independent sampling [ALGORITHMS 6-7]. Entries a client did not send equal X, so
+    they add nothing: for FSLoRA this is sum_i w_i M_i * (X_i - X)."""
+    g = global_adapter
+    lora = {
+        m: (
+            _weighted_sum(weights, [u.lora[m][0] - b for u in uploads]),
+            _weighted_sum(weights, [u.lora[m][1] - a for u in uploads]),
+        )
+        for m, (b, a) in g.lora.items()
+    }
+    head = {k: _weighted_sum(weights, [u.head[k] - v for u in uploads]) for k, v in g.head.items()}
+    return Adapter(lora, head)
+
+
+def hetlora_target(uploads: Sequence[Adapter], data_weights: Sequence[float]) -> Adapter:
+    """HetLoRA's aggregate of zero-padded client factors: per module,
+    X = sum_i w_i pad(X_i) with w_i = ||B_i A_i||_F / sum_j ||B_j A_j||_F [HetLoRA, as summarised
+    in ALGORITHMS 6]. While every product is zero (B starts at zero) the data weights stand in.
+    The head is averaged with the data weights."""
+    out = fedavg(uploads, data_weights)
+    for m in out.lora:
+        norms = torch.tensor(
+            [float(torch.linalg.matrix_norm(u.lora[m][0].double() @ u.lora[m][1].double())) for u in uploads]
+        )
+        if norms.sum() > 0:
+            w = _normalised(norms)
+            out.lora[m] = (
+                _weighted_sum(w, [u.lora[m][0] for u in uploads]),
+                _weighted_sum(w, [u.lora[m][1] for u in uploads]),
+            )
+    return out
+
+
+def zero_pad(adapter: Adapter, rank: int) -> Adapter:
+    """The client's truncated factors as the server pads them: B[:, rank:] and A[rank:, :] zero."""
+    lora = {}
+    for m, (b, a) in adapter.lora.items():
+        b, a = b.clone(), a.clone()
+        b[:, rank:] = 0
+        a[rank:, :] = 0
+        lora[m] = (b, a)
+    return Adapter(lora, adapter.head)
 
 
 def covariance_term(uploads: Sequence[Adapter], weights: Sequence[float]) -> float:

@@ -23,6 +23,7 @@ class ClientTask:
     indices: np.ndarray
     state: dict[str, Any] = field(default_factory=dict)
     keep_ratio: float | None = None  # the round's rho from the controller (None: the config's)
+    components: int | None = None  # fslora: sketch size k_i; hetlora: rank r_i (None: all r)
 
 
 @dataclass

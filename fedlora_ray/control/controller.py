@@ -3,7 +3,10 @@
 - equal: rank and keep ratio as configured, bandwidth split equally;
 - fixed: rank and keep ratio as configured, bandwidth by eq. (41) [seed IV-C];
 - osfa:  rank as configured, keep ratio by the online stage, bandwidth by (41) [seed V-B];
-- tsfa:  rank r* from the offline stage (``resolve_rank``), then as osfa [seed IV].
+- tsfa:  rank r* from the offline stage (``resolve_rank``), then as osfa [seed IV];
+- finish, adaptive: bandwidth split after local training, from the bits each participant
+  actually has to send and its compute time, so that all finish together [ALGORITHMS 7]
+  (adaptive's q_i and s_i are chosen once, by ``control.adaptive``).
 The virtual queue Q(t+1) = max(Q(t) + D(t) - D_bar, 0) [seed (30)] runs for every kind, so
 every run logs how far it is from the delay budget.
 """
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedlora_ray.channel import Uplink, equal_delay_shares, equal_shares
+from fedlora_ray.channel import Uplink, equal_delay_shares, equal_finish_shares, equal_shares
 from fedlora_ray.config import RunConfig, replace
 from fedlora_ray.control import online
 from fedlora_ray.control.bound import bound
@@ -112,6 +115,15 @@ class UplinkController:
         solve_seconds = time.perf_counter() - start
         shares = equal_shares(len(sampled)) if ctl.kind == "equal" else equal_delay_shares(snr)
         return RoundPlan(rho, shares, gain, snr, bound(ctl, self.rank, rho), self.queue, solve_seconds)
+
+    def bandwidth(self, plan: RoundPlan, bits: np.ndarray, compute_s: np.ndarray) -> np.ndarray:
+        """The shares the uplink is actually split with: the plan's, or for 'finish' and
+        'adaptive' the equal-finish split of the bits and compute times now known."""
+        if self.cfg.controller.kind not in ("finish", "adaptive"):
+            return plan.shares
+        se = self.uplink.spectral_efficiency(plan.snr)
+        shares, _ = equal_finish_shares(bits, se, compute_s, self.cfg.channel.bandwidth_hz)
+        return shares
 
     def observe(self, upload_delay_s: float) -> None:
         """Q(t+1) = max(Q(t) + D(t) - D_bar, 0) [seed (30)], with the delay actually incurred."""

@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fedlora_ray.logging.schema import CLIENTS_SCHEMA, ROUNDS_SCHEMA
+from fedlora_ray.logging.schema import CLIENTS_SCHEMA, PROFILE_SCHEMA, ROUNDS_SCHEMA
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -60,6 +60,12 @@ class RunLog:
             pq.write_table(table, tmp)
             os.replace(tmp, self.dir / f"{name}.parquet")
         self._pending_rounds = 0
+
+    def write_profile(self, rows: list[dict[str, Any]]) -> None:
+        """profile.parquet, once: every client's resources and the run's q_i and s_i."""
+        tmp = self.dir / "profile.parquet.tmp"
+        pq.write_table(pa.Table.from_pylist(rows, schema=PROFILE_SCHEMA), tmp)
+        os.replace(tmp, self.dir / "profile.parquet")
 
     def write_json(self, filename: str, obj: Any) -> None:
         write_atomic(self.dir / filename, json.dumps(obj, indent=2, sort_keys=True).encode())

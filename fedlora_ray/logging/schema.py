@@ -1,7 +1,9 @@
 """The Parquet schemas of a run's logs, declared once. They never change while a run goes on.
 
-rounds.parquet: one row per finished round. clients.parquet: one row per sampled client per
-round. Units are in the column names or the comments.
+rounds.parquet: one row per finished round. clients.parquet: one row per participating client
+per round (participation is a row's presence). profile.parquet: one row per client, written once
+at the start: its drawn resources and the run's q_i and s_i. Units are in the column names or the
+comments.
 """
 
 import pyarrow as pa
@@ -30,6 +32,9 @@ ROUNDS_SCHEMA = pa.schema(
         pa.field("round_seconds", pa.float64()),  # wall clock of this round at the driver
         pa.field("client_seconds", pa.float64()),  # summed local compute of the clients
         pa.field("elapsed_seconds", pa.float64()),  # wall clock since the run started
+        # ALGORITHMS 7 at the run's q and s (FSLoRA payload model): rounds factor x E[round time]
+        pa.field("objective", pa.float64()),
+        pa.field("expected_round_s", pa.float64()),  # E[max_i T_i] of that objective, in s
     ]
 )
 
@@ -38,7 +43,7 @@ CLIENTS_SCHEMA = pa.schema(
         pa.field("round", pa.int32(), nullable=False),
         pa.field("client_id", pa.int32(), nullable=False),
         pa.field("examples", pa.int64(), nullable=False),
-        pa.field("weight", pa.float64()),  # aggregation weight: data share renormalised over S_t
+        pa.field("weight", pa.float64()),  # aggregation weight: p_i / sum_S p (uniform) or p_i / q_i
         pa.field("steps", pa.int32()),
         pa.field("local_loss", pa.float64()),  # mean training loss over the local steps
         pa.field("bits_sent", pa.int64()),  # sparse LoRA update (values + positions) + dense head
@@ -50,6 +55,25 @@ CLIENTS_SCHEMA = pa.schema(
         pa.field("snr_db", pa.float64()),  # P h_i / (N0 Bw), in dB
         pa.field("bandwidth_share", pa.float64()),  # b_i
         pa.field("upload_s", pa.float64()),  # bits_sent / (b_i Bw log2(1 + SNR)), simulated
-        pa.field("compute_s", pa.float64()),  # samples / device speed, simulated (0 if not modelled)
+        pa.field("compute_s", pa.float64()),  # samples / speed x (omega + (1-omega) s_i); 0 if not modelled
+        pa.field("sample_prob", pa.float64()),  # q_i (K / N under uniform sampling)
+        pa.field("components", pa.int32()),  # rank components trained and sent: k_i, r_i or r
+    ]
+)
+
+PROFILE_SCHEMA = pa.schema(
+    [
+        pa.field("client_id", pa.int32(), nullable=False),
+        pa.field("examples", pa.int64(), nullable=False),
+        pa.field("data_share", pa.float64()),  # p_i
+        pa.field("distance_m", pa.float64()),
+        pa.field("tx_power_w", pa.float64()),
+        pa.field("mean_snr_db", pa.float64()),  # with E|g|^2 = 1
+        pa.field("samples_per_s", pa.float64()),  # device speed (inf: compute not modelled)
+        pa.field("compute_full_s", pa.float64()),  # tau_i: one round's compute at s = 1
+        pa.field("upload_full_s", pa.float64()),  # u_i: full upload with a Bw / K share at mean SNR
+        pa.field("sample_prob", pa.float64()),  # q_i
+        pa.field("sketch_ratio", pa.float64()),  # s_i = components / r
+        pa.field("components", pa.int32()),
     ]
 )

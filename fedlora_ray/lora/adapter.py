@@ -9,7 +9,7 @@ from torch import nn
 
 LORA_B = ".lora_B.default.weight"
 LORA_A = ".lora_A.default.weight"
-_PEFT_PREFIX = "encoder.base_model.model."
+PEFT_PREFIX = "encoder.base_model.model."
 
 
 @dataclass
@@ -39,7 +39,7 @@ def lora_parameters(model: nn.Module) -> dict[str, tuple[nn.Parameter, nn.Parame
     for name, p in params.items():
         if name.endswith(LORA_B):
             module = name[: -len(LORA_B)]
-            out[module.removeprefix(_PEFT_PREFIX)] = (p, params[module + LORA_A])
+            out[module.removeprefix(PEFT_PREFIX)] = (p, params[module + LORA_A])
     return out
 
 
