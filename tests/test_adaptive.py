@@ -184,3 +184,11 @@ def test_power_spread_is_seeded_and_leaves_the_rest_of_the_draws_alone():
 def test_bad_scheme_settings_name_the_field(overrides, field):
     with pytest.raises(ConfigError, match=re.escape(f"'{field}'")):
         tiny_config("model.lora_rank=8", *overrides)
+
+
+def test_controller_only_mode_refuses_schemes_it_does_not_model():
+    from fedlora_ray.control.simulate import simulate_uplink
+
+    cfg = tiny_config("model.lora_rank=8", "algorithm.kind=fslora", "controller.kind=finish")
+    with pytest.raises(ConfigError, match="controller-only mode"):
+        simulate_uplink(cfg, 10, dims=[(64, 64)])

@@ -13,7 +13,7 @@ import pandas as pd
 from fedlora_ray.algorithm.sampling import sample_clients
 from fedlora_ray.channel import Uplink
 from fedlora_ray.compress.base import module_budget, payload_bits
-from fedlora_ray.config import RunConfig
+from fedlora_ray.config import ConfigError, RunConfig
 from fedlora_ray.control.controller import UplinkController, resolve_rank
 
 
@@ -32,6 +32,21 @@ def simulate_uplink(cfg: RunConfig, rounds: int, dims: list[tuple[int, int]] | N
     """One row per round: rank, keep ratio, queue, delays, simulated time, bound, solve time."""
     from fedlora_ray.lora.model import lora_module_dims
 
+    # the payload model below is the sparsifiers' one, with K clients a round and no compute time
+    if (
+        cfg.algorithm.kind != "fedavg"
+        or cfg.sampling.kind != "uniform"
+        or cfg.controller.kind
+        in (
+            "finish",
+            "adaptive",
+        )
+    ):
+        raise ConfigError(
+            "controller-only mode covers algorithm.kind='fedavg' with sampling.kind='uniform' and "
+            f"controller.kind in equal/fixed/osfa/tsfa; got algorithm.kind={cfg.algorithm.kind!r}, "
+            f"sampling.kind={cfg.sampling.kind!r}, controller.kind={cfg.controller.kind!r}"
+        )
     cfg = resolve_rank(cfg)
     dims = dims or lora_module_dims(cfg.model)
     fed = cfg.federation
