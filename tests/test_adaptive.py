@@ -192,3 +192,20 @@ def test_controller_only_mode_refuses_schemes_it_does_not_model():
     cfg = tiny_config("model.lora_rank=8", "algorithm.kind=fslora", "controller.kind=finish")
     with pytest.raises(ConfigError, match="controller-only mode"):
         simulate_uplink(cfg, 10, dims=[(64, 64)])
+
+
+def test_a_round_nobody_joins_is_logged_and_leaves_the_model_alone(tmp_path):
+    """Independent sampling can draw an empty set: the round costs no time and changes nothing."""
+    cfg = tiny_config(
+        "sampling.kind=independent", "federation.clients_per_round=1", "federation.rounds=4",
+        "channel.compute_samples_per_s=40", "log.save_adapter=false",
+    )  # fmt: skip
+    joined = [len(sample_independent(cfg.federation.seed, t, np.full(6, 1 / 6))) for t in range(1, 5)]
+    assert joined[0] == 0 and joined[1] > 0  # the seed gives an empty first round
+    run_serial(cfg, tmp_path)
+    rounds = pd.read_parquet(tmp_path / "rounds.parquet")
+    assert rounds["sampled"].tolist() == joined
+    empty = rounds[rounds["sampled"] == 0]
+    assert (empty["round_delay_s"] == 0).all() and empty["train_loss"].isna().all()
+    assert (rounds.loc[rounds["sampled"] > 0, "round_delay_s"] > 0).all()
+    np.testing.assert_allclose(rounds["sim_time_s"], rounds["round_delay_s"].cumsum())

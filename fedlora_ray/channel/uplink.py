@@ -74,7 +74,7 @@ class Uplink:
 
 
 def equal_shares(k: int) -> np.ndarray:
-    return np.full(k, 1.0 / k)
+    return np.full(k, 1.0 / max(k, 1))  # no participants (independent sampling): no shares
 
 
 def equal_delay_shares(snr: np.ndarray) -> np.ndarray:
