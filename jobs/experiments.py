@@ -57,12 +57,15 @@ WALL_SCHEMES = {
         "controller.sketch_options=[1.0]",
     ],  # fmt: skip
     "fslora": ["algorithm.kind=fslora"],
+    # FSLoRA with uniform sampling and the adaptive scheme's options, drawn at random per client
+    "fslora4": ["algorithm.kind=fslora", "algorithm.client_ratios=[0.125,0.25,0.5,1.0]"],
     "hetlora": ["algorithm.kind=hetlora"],
     "ffa": ["algorithm.kind=ffa"],
     "fedavg": ["algorithm.kind=fedavg"],
 }
 WALL_LABEL = {"adaptive": "Adaptive (FSLoRA + independent q, s)", "adaptiveq": "Adaptive q only (s = 1)",
               "fslora": "FSLoRA, uniform sampling",
+              "fslora4": "FSLoRA, uniform, s in {1/8..1}",
               "hetlora": "HetLoRA", "ffa": "FFA-LoRA", "fedavg": "FedAvg-LoRA, full rank"}  # fmt: skip
 WALL_TARGETS = (0.4, 0.5, 0.55)
 WALL_PRIMARY = 0.5
