@@ -14,7 +14,8 @@ E[max] = sum_j T_(j) q_(j) prod_{l > j} (1 - q_(l)) (0 when nobody joins).
 
 Solver (low complexity, alternating): (a) q given s: coordinate descent on F + lambda sum q, where
 each coordinate has a closed form because E[T] is affine and rounds is c + d / q in one q_i; an
-outer bisection on lambda meets sum q = K. (b) s given q: each client tries its options in turn.
+outer bisection on lambda meets sum q = K; pairwise exchanges (SMO-like) then close the
+relaxation's duality gap. (b) s given q: each client tries its options in turn.
 Stop when F changes by less than ``tol`` (relative). Two starts (all s at the largest option, all
 at the smallest) and the better result is kept.
 """
@@ -29,10 +30,11 @@ import numpy as np
 
 
 def expected_max(times: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """E[max_{i in S} T_i] for independent participation (0 for an empty S). ``q`` may carry
-    leading batch dimensions over the last axis of clients; ``times`` is one vector."""
-    order = np.argsort(times, kind="stable")
-    t, qs = times[order], q[..., order]
+    """E[max_{i in S} T_i] for independent participation (0 for an empty S), over the last axis
+    of clients; ``times`` and ``q`` broadcast against each other (batches of either)."""
+    times, q = np.broadcast_arrays(times, q)
+    order = np.argsort(times, axis=-1, kind="stable")
+    t, qs = np.take_along_axis(times, order, -1), np.take_along_axis(q, order, -1)
     miss = 1.0 - qs
     # suffix[j] = prod_{l > j} (1 - q_l)
     suffix = np.concatenate([np.cumprod(miss[..., :0:-1], axis=-1)[..., ::-1], np.ones_like(qs[..., :1])], -1)
@@ -114,7 +116,7 @@ def _q_descent(
             moved = max(moved, abs(new - qs[i]))
             qs[i] = new
             h = h * (1 - new) + t[i] * new
-        if moved < 1e-12:
+        if moved < 1e-9:  # the exchange step polishes what is left
             break
     out = np.empty(n)
     out[order] = qs
@@ -122,7 +124,8 @@ def _q_descent(
 
 
 def _solve_q(prob: AdaptiveProblem, s: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """q given s: bisection on the multiplier until sum q = K (to 1e-9 relative)."""
+    """q given s: bisection on the multiplier until sum q is within 0.1% of K, then a shift onto
+    sum q = K and pairwise exchanges, which finish the job exactly."""
     times = prob.times(s)
     scale = max(prob.objective(q, s), 1e-12)
 
@@ -143,7 +146,7 @@ def _solve_q(prob: AdaptiveProblem, s: np.ndarray, q: np.ndarray) -> np.ndarray:
         mid = 0.5 * (lo_lam + hi_lam)
         best = at(mid, best)
         total = best.sum()
-        if abs(total - prob.k) <= 1e-9 * prob.k:
+        if abs(total - prob.k) <= 1e-3 * prob.k:
             break
         if total > prob.k:
             lo_lam = mid
@@ -165,45 +168,76 @@ def _project(prob: AdaptiveProblem, q: np.ndarray) -> np.ndarray:
     return out
 
 
-def _exchange(prob: AdaptiveProblem, s: np.ndarray, q: np.ndarray, sweeps: int = 100) -> np.ndarray:
-    """Move probability between pairs of clients (q_i + delta, q_j - delta keeps sum q = K) to
-    the best delta of each pair, until a sweep gains less than 1e-9 relative. Needed because the
-    multiplier's relaxation has a duality gap: sum q(lambda) can jump past K (seen on N = 3).
-    Per pair the search is cheap: E[T] is bilinear in (q_i, q_j), so four evaluations give it
-    exactly, and rounds is c + d_i / q_i + d_j / q_j."""
-    times = prob.times(s)
+def _gradient(prob: AdaptiveProblem, times: np.ndarray, s: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """dF/dq_i = E dR/dq_i + R dE/dq_i, with dE/dq_i = S_i (T_i - H_i) in ascending-T order (the
+    same affine pieces as in ``_q_descent``), for all clients in O(N)."""
+    order = np.argsort(times, kind="stable")
+    t, qs = times[order], q[order]
+    miss = 1.0 - qs
+    suffix = np.append(np.cumprod(miss[:0:-1])[::-1], 1.0)  # S_i = prod_{l > i} (1 - q_l)
+    h = np.zeros_like(t)  # H_i = sum_{j < i} T_j q_j prod_{j < l < i} (1 - q_l)
+    for i in range(1, len(t)):
+        h[i] = h[i - 1] * miss[i - 1] + t[i - 1] * qs[i - 1]
+    d_e = np.empty_like(t)
+    d_e[order] = suffix * (t - h)
+    d_r = -prob.a1 * prob.share**2 * prob.grad_sq / q**2
+    return float(expected_max(times, q)) * d_r + float(prob.rounds(q, s)) * d_e
+
+
+def _pair_move(
+    prob: AdaptiveProblem, times: np.ndarray, s: np.ndarray, q: np.ndarray, i: int, j: int
+) -> tuple[float, float]:
+    """The best shift delta of probability from client j to client i (sum q stays K), and F
+    there. E[T] is bilinear in (q_i, q_j), so four evaluations give it exactly, and rounds is
+    c + d_i / q_i + d_j / q_j: a fine grid, zoomed three times, costs little."""
     d = prob.a1 * prob.share**2 * prob.grad_sq
-    q = q.copy()
+    corners = np.repeat(q[None, :], 4, axis=0)
+    corners[:, i] = [0, 1, 0, 1]
+    corners[:, j] = [0, 0, 1, 1]
+    e00, e10, e01, e11 = expected_max(times, corners)
+    lo = max(prob.q_min - q[i], q[j] - prob.q_max)
+    hi = min(prob.q_max - q[i], q[j] - prob.q_min)
+    base_r = float(prob.rounds(q, s)) - d[i] / q[i] - d[j] / q[j]
     grid = np.linspace(0.0, 1.0, 65)
+    a, b = lo, hi
+    best, value = 0.0, np.inf
+    for _zoom in range(4):
+        delta = a + (b - a) * grid
+        x, y = q[i] + delta, q[j] - delta
+        e = e00 * (1 - x) * (1 - y) + e10 * x * (1 - y) + e01 * (1 - x) * y + e11 * x * y
+        f = (base_r + d[i] / x + d[j] / y) * e
+        k = int(np.argmin(f))
+        best, value = float(delta[k]), float(f[k])
+        step = (b - a) / (len(grid) - 1)
+        a, b = max(lo, best - step), min(hi, best + step)
+    return best, value
+
+
+def _exchange(prob: AdaptiveProblem, s: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Move probability between pairs of clients, keeping sum q = K, until no pair gains. Needed
+    because the multiplier's relaxation has a duality gap: sum q(lambda) can jump past K (seen
+    on N = 3). Each step takes the most violating pair (the client whose F falls fastest as q
+    rises, and the one whose F falls fastest as q drops, as in SMO) and moves it to the best
+    point on its line: O(N) a step, so large N stays cheap."""
+    times = prob.times(s)
+    q = q.copy()
     value = prob.objective(q, s)
-    for _ in range(sweeps):
-        start_value = value
-        for i in range(prob.n - 1):
-            for j in range(i + 1, prob.n):
-                corners = np.repeat(q[None, :], 4, axis=0)
-                corners[:, i] = [0, 1, 0, 1]
-                corners[:, j] = [0, 0, 1, 1]
-                e00, e10, e01, e11 = expected_max(times, corners)
-                lo = max(prob.q_min - q[i], q[j] - prob.q_max)
-                hi = min(prob.q_max - q[i], q[j] - prob.q_min)
-                if hi - lo < 1e-12:
-                    continue
-                base_r = float(prob.rounds(q, s)) - d[i] / q[i] - d[j] / q[j]
-                a, b = lo, hi
-                for _zoom in range(4):
-                    delta = a + (b - a) * grid
-                    x, y = q[i] + delta, q[j] - delta
-                    e = e00 * (1 - x) * (1 - y) + e10 * x * (1 - y) + e01 * (1 - x) * y + e11 * x * y
-                    f = (base_r + d[i] / x + d[j] / y) * e
-                    k = int(np.argmin(f))
-                    step = (b - a) / (len(grid) - 1)
-                    a, b = max(lo, delta[k] - step), min(hi, delta[k] + step)
-                if f[k] < value * (1 - 1e-12):
-                    q[i] += delta[k]
-                    q[j] -= delta[k]
-                    value = float(f[k])
-        if start_value - value <= 1e-9 * abs(start_value):
+    for _ in range(50 * prob.n):
+        g = _gradient(prob, times, s, q)
+        up = np.flatnonzero(q < prob.q_max - 1e-12)
+        down = np.flatnonzero(q > prob.q_min + 1e-12)
+        if not len(up) or not len(down):
             break
+        i = int(up[np.argmin(g[up])])
+        j = int(down[np.argmax(g[down])])
+        if i == j or g[j] - g[i] <= 1e-9 * max(abs(value), 1e-12):
+            break
+        delta, new = _pair_move(prob, times, s, q, i, j)
+        if not new < value * (1 - 1e-12):
+            break
+        q[i] += delta
+        q[j] -= delta
+        value = new
     return q
 
 
@@ -216,7 +250,7 @@ def _solve_s(prob: AdaptiveProblem, q: np.ndarray, s: np.ndarray) -> np.ndarray:
         for i in range(prob.n):
             trial = np.repeat(s[None, :], len(options), axis=0)
             trial[:, i] = options
-            values = [prob.objective(q, row) for row in trial]
+            values = prob.rounds(q, trial) * expected_max(prob.times(trial), q)  # all options at once
             best = options[int(np.argmin(values))]
             if best != s[i]:
                 s[i], changed = best, True
