@@ -50,7 +50,11 @@ def default_label(run: Run) -> str:
     comp = run.config.get("compression", {})
     method = comp.get("method", "none")
     rho = f" rho={comp.get('keep_ratio')}" if method != "none" else ""
-    return f"{run.config.get('name', run.path.name)}: {method}{rho} r={run.config['model']['lora_rank']}"
+    kind = run.config.get("algorithm", {}).get("kind", "fedavg")
+    scheme = f"{kind} " if kind != "fedavg" else ""
+    sampling = " independent" if run.config.get("sampling", {}).get("kind") == "independent" else ""
+    name = run.config.get("name", run.path.name)
+    return f"{name}: {scheme}{method}{rho} r={run.config['model']['lora_rank']}{sampling}"
 
 
 def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
@@ -78,6 +82,7 @@ def final_value(run: Run, column: str) -> float:
 PLOTS = [
     ("accuracy_vs_round.png", "round", "test_accuracy", "test accuracy"),
     ("accuracy_vs_bits.png", "cumulative_bits", "test_accuracy", "test accuracy"),
+    ("accuracy_vs_time.png", "sim_time_s", "test_accuracy", "test accuracy"),
     ("loss_vs_round.png", "round", "train_loss", "train loss"),
     ("loss_vs_bits.png", "cumulative_bits", "train_loss", "train loss"),
     ("covariance_vs_round.png", "round", "covariance", "covariance term"),
@@ -103,7 +108,11 @@ def plot_groups(groups: dict[str, list[Run]], labels: dict[str, str], out: Path)
             if y == "orth_error_a" and runs[0].rounds["orth_error_b"].notna().any():
                 xs_b, mean_b, _ = mean_curve(runs, x, "orth_error_b")
                 ax.plot(xs_b, mean_b, "--", color=line.get_color())
-        ax.set_xlabel("cumulative uplink bits" if x == "cumulative_bits" else x)
+        xlabel = {
+            "cumulative_bits": "cumulative uplink bits",
+            "sim_time_s": "simulated time (s, mean over seeds)",
+        }
+        ax.set_xlabel(xlabel.get(x, x))
         ax.set_ylabel(ylabel)
         if x == "cumulative_bits":
             ax.set_xscale("log")
@@ -118,17 +127,20 @@ def plot_groups(groups: dict[str, list[Run]], labels: dict[str, str], out: Path)
 
 def summary_table(groups: dict[str, list[Run]], labels: dict[str, str]) -> list[str]:
     lines = [
-        "| run | seeds | final test accuracy | best test accuracy | final covariance | uplink Gbit |",
-        "|---|---|---|---|---|---|",
+        "| run | seeds | final test accuracy | best test accuracy | final covariance | uplink Gbit "
+        "| simulated time (s) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for key, runs in groups.items():
         final = np.array([final_value(r, "test_accuracy") for r in runs])
         best = np.array([r.rounds["test_accuracy"].max() for r in runs])
         cov = np.array([final_value(r, "covariance") for r in runs])
         bits = np.array([r.rounds["uplink_bits"].sum() / 1e9 for r in runs])
+        sim = np.array([r.rounds["sim_time_s"].iloc[-1] for r in runs])
         lines.append(
             f"| {labels[key]} | {len(runs)} | {final.mean():.3f} ± {final.std():.3f} | "
-            f"{best.mean():.3f} ± {best.std():.3f} | {cov.mean():.3g} | {bits.mean():.3f} |"
+            f"{best.mean():.3f} ± {best.std():.3f} | {cov.mean():.3g} | {bits.mean():.3f} | "
+            f"{sim.mean():.1f} |"
         )
     return lines
 

@@ -47,8 +47,8 @@ def test_report_draws_the_standard_plots_from_several_runs(tmp_path, capsys):
     assert main(["report", *runs, "--out", str(tmp_path / "rep")]) == 0
     pngs = sorted(p.name for p in (tmp_path / "rep").glob("*.png"))
     assert pngs == sorted(
-        ["accuracy_vs_round.png", "accuracy_vs_bits.png", "loss_vs_round.png", "loss_vs_bits.png",
-         "covariance_vs_round.png", "orthogonality_vs_round.png"]
+        ["accuracy_vs_round.png", "accuracy_vs_bits.png", "accuracy_vs_time.png", "loss_vs_round.png",
+         "loss_vs_bits.png", "covariance_vs_round.png", "orthogonality_vs_round.png"]
     )  # fmt: skip
     summary = (tmp_path / "rep" / "summary.md").read_text()
     rows = [line for line in summary.splitlines() if line.startswith("| smoke")]
