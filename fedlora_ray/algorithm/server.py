@@ -30,7 +30,7 @@ from fedlora_ray.config import RunConfig
 from fedlora_ray.control import UplinkController, adaptive
 from fedlora_ray.data import load_wordnet, partition_indices
 from fedlora_ray.logging import RunLog
-from fedlora_ray.lora import save_adapter
+from fedlora_ray.lora import Adapter, save_adapter
 from fedlora_ray.lora.orthogonality import orthogonality_error
 
 
@@ -81,7 +81,20 @@ class FederatedRun:
         if self.log:
             self.log.write_profile(self.client_profile(sizes))
         self.progress = (progress or _print_flush) if cfg.runtime.progress else None
+        if self.progress and cfg.controller.kind == "adaptive":
+            self.progress(self._describe_plan())
         self._start = time.perf_counter()
+
+    def _describe_plan(self) -> str:
+        n = len(self.q)
+        uniform = self.problem.objective(np.full(n, self.problem.k / n), np.ones(n))
+        ratios, counts = np.unique(self.ratio, return_counts=True)
+        return (
+            f"adaptive plan: objective {self.plan.objective:.3g} (uniform q, s = 1: {uniform:.3g}), "
+            f"E[round] {self.plan.expected_round_s:.3g} s, q in [{self.q.min():.3f}, {self.q.max():.3f}], "
+            f"s: {dict(zip(ratios.round(4).tolist(), counts.tolist()))}, "
+            f"solved in {self.plan.solve_seconds:.1f} s"
+        )
 
     def _plan_clients(self, sizes: np.ndarray, dims: list[tuple[int, int]]) -> None:
         """Per-client sampling probability q_i, ratio s_i and components k_i for the run, and
@@ -143,7 +156,7 @@ class FederatedRun:
             return sample_independent(fed.seed, t, self.q)
         return sample_clients(fed.seed, t, fed.num_clients, fed.clients_per_round)
 
-    def _aggregate(self, replies: list[ClientReply], weights: np.ndarray) -> list:  # type: ignore[type-arg]
+    def _aggregate(self, replies: list[ClientReply], weights: np.ndarray) -> list[Adapter]:
         """Apply the round's uploads to the global adapter; returns the uploads as the server
         holds them (for the covariance term)."""
         uploads = [apply_payload(self.global_adapter, r.payload, r.head) for r in replies]
