@@ -57,18 +57,19 @@ def hetlora_target(uploads: Sequence[Adapter], data_weights: Sequence[float]) ->
     X = sum_i w_i pad(X_i) with w_i = ||B_i A_i||_F / sum_j ||B_j A_j||_F [HetLoRA, as summarised
     in ALGORITHMS 6]. While every product is zero (B starts at zero) the data weights stand in.
     The head is averaged with the data weights."""
-    out = fedavg(uploads, data_weights)
-    for m in out.lora:
+    dw = _normalised(data_weights)
+    lora = {}
+    for m in uploads[0].lora:
         norms = torch.tensor(
             [float(torch.linalg.matrix_norm(u.lora[m][0].double() @ u.lora[m][1].double())) for u in uploads]
         )
-        if norms.sum() > 0:
-            w = _normalised(norms)
-            out.lora[m] = (
-                _weighted_sum(w, [u.lora[m][0] for u in uploads]),
-                _weighted_sum(w, [u.lora[m][1] for u in uploads]),
-            )
-    return out
+        w = _normalised(norms) if norms.sum() > 0 else dw
+        lora[m] = (
+            _weighted_sum(w, [u.lora[m][0] for u in uploads]),
+            _weighted_sum(w, [u.lora[m][1] for u in uploads]),
+        )
+    head = {k: _weighted_sum(dw, [u.head[k] for u in uploads]) for k in uploads[0].head}
+    return Adapter(lora, head)
 
 
 def zero_pad(adapter: Adapter, rank: int) -> Adapter:
