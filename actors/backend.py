@@ -1,10 +1,16 @@
-"""RayBackend: the Backend protocol over a pool of ClientActors."""
+"""RayBackend: the Backend protocol over a pool of ClientActors.
+
+Client actors keep nothing between calls but the base model and the data, so when one dies
+mid-round its batch is trained again on the next actor of the pool (Ray restarts the dead one)
+with the same numbers. The replies say which attempt produced them, and the round logs it.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import ray
+from ray.exceptions import RayActorError
 
 from actors.client import ClientActor
 from fedlora_ray.algorithm.messages import ClientReply, ClientTask
@@ -13,6 +19,8 @@ from fedlora_ray.config import RunConfig
 from fedlora_ray.lora.adapter import Adapter
 from fedlora_ray.train import EvalResult
 
+MAX_ATTEMPTS = 3  # a batch whose worker died this many times fails the round
+
 
 class RayBackend:
     def __init__(self, cfg: RunConfig) -> None:
@@ -20,10 +28,8 @@ class RayBackend:
         options = {
             "num_cpus": rt.num_cpus_per_actor,
             "num_gpus": rt.num_gpus_per_actor,
-            # Actors keep nothing between calls but the base model, so a restarted actor
-            # retries a batch with the same numbers.
-            "max_restarts": 2,
-            "max_task_retries": 2,
+            "max_restarts": MAX_ATTEMPTS,  # a dead actor comes back; its batches are retried by us
+            "max_task_retries": 0,
         }
         self.actors = [ClientActor.options(**options).remote(cfg, f"actor-{i}") for i in range(rt.num_actors)]  # type: ignore[attr-defined]
         ray.get([a.info.remote() for a in self.actors])  # wait until every actor is built
@@ -34,20 +40,42 @@ class RayBackend:
     def initial_adapter(self) -> Adapter:
         return ray.get(self.actors[0].initial_adapter.remote())
 
+    def _run(self, method: str, jobs: list[tuple[int, tuple[Any, ...]]]) -> list[tuple[int, Any]]:
+        """Call ``method`` on actor ``i`` with ``args`` for each job, in parallel; a job whose actor
+        died goes to the next actor of the pool. Returns (attempt, result) per job, in order."""
+        pending = {
+            getattr(self.actors[i], method).remote(*args): (j, i, 1) for j, (i, args) in enumerate(jobs)
+        }
+        out: list[tuple[int, Any]] = [(0, None)] * len(jobs)
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                j, i, attempt = pending.pop(ref)
+                try:
+                    out[j] = (attempt, ray.get(ref))
+                except RayActorError as err:
+                    if attempt >= MAX_ATTEMPTS:
+                        raise RuntimeError(f"{method} failed {attempt} times; last error: {err}") from err
+                    nxt = (i + 1) % len(self.actors)
+                    pending[getattr(self.actors[nxt], method).remote(*jobs[j][1])] = (j, nxt, attempt + 1)
+        return out
+
     def train(self, global_adapter: Adapter, tasks: list[ClientTask]) -> list[ClientReply]:
         ref = ray.put(global_adapter)  # once per round, shared by every actor on the node
         bins = balance([len(t.indices) for t in tasks], len(self.actors))
-        futures = [
-            actor.train.remote(ref, [tasks[i] for i in chosen])
-            for actor, chosen in zip(self.actors, bins)
-            if chosen
-        ]
-        return [reply for batch in ray.get(futures) for reply in batch]
+        jobs = [(i, (ref, [tasks[k] for k in chosen])) for i, chosen in enumerate(bins) if chosen]
+        replies = []
+        for attempt, batch in self._run("train", jobs):
+            for reply in batch:
+                reply.attempt = attempt
+            replies += batch
+        return replies
 
     def evaluate(self, global_adapter: Adapter) -> EvalResult:
         ref = ray.put(global_adapter)
         n = len(self.actors)
-        return EvalResult.combine(ray.get([a.evaluate.remote(ref, i, n) for i, a in enumerate(self.actors)]))
+        parts = self._run("evaluate", [(i, (ref, i, n)) for i in range(n)])
+        return EvalResult.combine([result for _, result in parts])
 
     def close(self) -> None:
         for a in self.actors:

@@ -1,6 +1,7 @@
 """The ``fedlora-ray`` console command.
 
 fedlora-ray run CONFIG.yaml [--out RUN_DIR] [--set a.b=value ...]
+fedlora-ray resume RUN_DIR [--set federation.rounds=N]   # continue from the newest checkpoint
 fedlora-ray fields            # every config field with its default and help
 fedlora-ray report RUN_DIR [RUN_DIR ...] [--out DIR]   # standard plots + summary.md
 fedlora-ray control CONFIG.yaml [--rounds N] [--out FILE.parquet] [--set ...]  # no training
@@ -27,6 +28,12 @@ def _parser() -> argparse.ArgumentParser:
         "--set", dest="overrides", action="append", default=[], metavar="a.b=value",
         help="override a config field (repeatable)",
     )  # fmt: skip
+    res = sub.add_parser("resume", help="continue a run from its newest checkpoint")
+    res.add_argument("run_dir", help="the run directory (its config.json is authoritative)")
+    res.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="federation.rounds=N",
+        help="only federation.rounds may change: it extends the run",
+    )  # fmt: skip
     sub.add_parser("fields", help="list every config field with its default and help")
     ctl = sub.add_parser("control", help="channel + controller only, no training (seconds for 10k rounds)")
     ctl.add_argument("config", help="YAML config file")
@@ -40,8 +47,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def run_command(cfg: RunConfig, out: Path) -> dict:
+    # Everything that can be refused is refused here, before Ray starts or a model is built.
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is an existing file; --out names the run's folder")
+    for parent in out.parents:  # the first existing ancestor must be a folder
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"--out {str(out)!r}: {str(parent)!r} is a file, not a folder")
+            break
     if (out / "rounds.parquet").exists():
         raise ConfigError(f"--out {str(out)!r} already holds a run's logs; choose another folder")
+    from fedlora_ray.preflight import check_run
+
+    check_run(cfg)  # the base model's module names and shapes, and the data for every client
     if cfg.runtime.backend == "serial":
         from fedlora_ray.simulate import run_serial
 
@@ -49,6 +67,21 @@ def run_command(cfg: RunConfig, out: Path) -> dict:
     from actors.launch import run_on_ray
 
     return run_on_ray(cfg, out)
+
+
+def resume_command(run_dir: Path, overrides: list[str]) -> dict:
+    from fedlora_ray.algorithm.run import resume_config
+    from fedlora_ray.preflight import check_run
+
+    cfg = resume_config(run_dir, overrides)
+    check_run(cfg)
+    if cfg.runtime.backend == "serial":
+        from fedlora_ray.simulate import resume_serial
+
+        return resume_serial(run_dir, overrides)
+    from actors.launch import run_on_ray
+
+    return run_on_ray(cfg, run_dir, resume=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,13 +116,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"fedlora-ray: error: {err}", file=sys.stderr)
             return 2
         return 0
+    from fedlora_ray.algorithm.callbacks import DivergenceError
+    from fedlora_ray.algorithm.round import BadUpdateError
+
     try:
-        cfg = load_config(args.config, args.overrides)
-        out = Path(args.out or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-        summary = run_command(cfg, out)
+        if args.command == "resume":
+            out = Path(args.run_dir)
+            summary = resume_command(out, args.overrides)
+        else:
+            cfg = load_config(args.config, args.overrides)
+            out = Path(args.out or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+            summary = run_command(cfg, out)
     except ConfigError as err:
         print(f"fedlora-ray: error: {err}", file=sys.stderr)
         return 2
+    except (DivergenceError, BadUpdateError) as err:  # the run stopped; its logs end at the last good round
+        print(f"fedlora-ray: error: {err.args[0] if err.args else err}", file=sys.stderr)
+        return 3
     print(f"run directory: {out}")
     print(json.dumps(summary, indent=2))
     return 0

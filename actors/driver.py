@@ -1,27 +1,42 @@
-"""DriverActor: holds the global adapter, the client-state store and the round loop."""
+"""DriverActor: holds the run state and drives the rounds; restartable from its checkpoint.
+
+When Ray restarts a killed DriverActor (``runtime.driver_restarts``), the constructor runs again
+with the same arguments: it finds the run directory it had started and resumes from its newest
+checkpoint, and Ray retries the pending ``run`` call on it.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import ray
 
 from actors.backend import RayBackend
-from fedlora_ray.algorithm.server import FederatedRun
+from fedlora_ray.algorithm.run import FederatedRun, resume_config
 from fedlora_ray.config import RunConfig
 
 
 @ray.remote(num_cpus=0)
 class DriverActor:
-    def __init__(self, cfg: RunConfig, run_dir: str | None) -> None:
-        self.backend = RayBackend(cfg)
-        self.federated = FederatedRun(cfg, self.backend, run_dir)
+    def __init__(self, cfg: RunConfig, run_dir: str | None, resume: bool = False) -> None:
+        # a run directory with a config in it is one this driver (or an earlier one) started
+        resume = resume or (run_dir is not None and (Path(run_dir) / "config.json").is_file())
+        if resume:
+            assert run_dir is not None
+            cfg = resume_config(run_dir, [f"federation.rounds={cfg.federation.rounds}"])
+        self.federated = FederatedRun(cfg, RayBackend, run_dir, resume=resume)
 
     def describe(self) -> list[dict[str, Any]]:
-        return self.backend.describe()
+        return self.federated.backend.describe()
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
 
     def run(self) -> dict[str, Any]:
         try:
             return self.federated.run()
         finally:
-            self.backend.close()
+            self.federated.backend.close()

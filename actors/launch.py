@@ -1,54 +1,300 @@
-"""Connect to (or start) a Ray cluster and run one federated job on it."""
+"""Connect to (or start) a Ray cluster, make sure the client-actor pool fits, and run one
+federated job on it.
+
+Before any work: a cluster address (``runtime.ray_address`` or RAY_ADDRESS) must accept a TCP
+connection within ``runtime.connect_timeout_s`` (``ray.init`` itself retries a dead address
+silently for a long time: over 40 s measured); a cluster that cannot grow (the local one this
+script starts) must hold the pool, or the run stops at once; any cluster must find room for the
+pool within ``runtime.placement_timeout_s`` (a cluster joined by address may autoscale, so it
+gets that long to add nodes). A port that accepts TCP but is not a Ray GCS is not caught here.
+"""
 
 from __future__ import annotations
 
+import math
 import os
+import socket
+import threading
 from pathlib import Path
 from typing import Any
 
 import ray
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from actors.driver import DriverActor
-from fedlora_ray.config import ConfigError, RunConfig
-from fedlora_ray.control import resolve_rank
+from fedlora_ray.config import ConfigError, RunConfig, RuntimeConfig
+
+_EPS = 1e-6  # Ray counts resources in units of 1e-4
+
+
+# --------------------------------------------------------------------------- connecting
 
 
 def connect(cfg: RunConfig) -> bool:
     """Join the configured cluster, or RAY_ADDRESS's (set by `ray job submit`), or start a
-    local one. Returns True when this call started Ray (and should shut it down)."""
+    local one. Returns True when this call started Ray (and should shut it down).
+
+    A given address must answer within ``runtime.connect_timeout_s``, else ConfigError."""
     if ray.is_initialized():
         return False
-    address = cfg.runtime.ray_address or os.environ.get("RAY_ADDRESS", "")
+    rt = cfg.runtime
+    address, where = rt.ray_address, f"config field 'runtime.ray_address' = {rt.ray_address!r}"
+    if not address and os.environ.get("RAY_ADDRESS"):
+        address = os.environ["RAY_ADDRESS"]
+        where = f"RAY_ADDRESS = {address!r} (used because config field 'runtime.ray_address' is empty)"
     if address:
+        check_reachable(address, where, rt.connect_timeout_s)
         ray.init(address=address, log_to_driver=True)
         return False
     ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1")
     return True
 
 
-def check_resources(cfg: RunConfig) -> None:
-    """On a local cluster (which never grows), fail before any work when the pool cannot be
-    placed: the actors would wait forever. An autoscaling cluster may add GPU nodes later."""
-    rt = cfg.runtime
-    total = ray.cluster_resources()
-    if rt.num_gpus_per_actor > 0 and total.get("GPU", 0) == 0:
+_ADDRESS_HELP = (
+    "give the head node's GCS address host:port (port 6379 unless `ray start --head --port` "
+    "chose another; `ray job submit` sets RAY_ADDRESS to it), 'ray://host:10001' for Ray "
+    "Client, or leave runtime.ray_address empty (and RAY_ADDRESS unset) to start a local cluster"
+)
+
+
+def check_reachable(address: str, where: str, timeout_s: float) -> None:
+    """Raise ConfigError, within about ``timeout_s``, unless a TCP connection to the cluster
+    address opens. ``where`` names the setting the address came from, for the message."""
+    endpoint = _endpoint(address, where)
+    if endpoint is None:
+        return  # a Ray Client plug-in scheme ("anyscale://..."): ray.init knows what it means
+    host, port = endpoint
+    problem = _probe(host, port, timeout_s)
+    if problem:
         raise ConfigError(
-            f"config field 'runtime.num_gpus_per_actor' = {rt.num_gpus_per_actor}: the Ray "
-            "cluster has no GPUs; set it to 0 to run on CPUs"
+            f"{where}: no Ray cluster answers at {host}:{port} ({problem}); {_ADDRESS_HELP}. "
+            f"A slow network may need a larger runtime.connect_timeout_s (now {timeout_s:g} s)"
         )
 
 
-def run_on_ray(cfg: RunConfig, run_dir: str | Path | None) -> dict[str, Any]:
-    cfg = resolve_rank(cfg, run_dir)  # TSFA's offline stage picks the rank before any actor builds a model
+def _endpoint(address: str, where: str) -> tuple[str, int] | None:
+    """The host and port that must accept a TCP connection for ``address`` to work."""
+    if address == "auto":  # the cluster `ray start` last started on this machine
+        from ray._private.services import canonicalize_bootstrap_address
+
+        try:
+            resolved = canonicalize_bootstrap_address("auto")
+        except (ConnectionError, ValueError) as err:
+            raise ConfigError(
+                f"{where}: no running Ray cluster found on this machine ({err}); {_ADDRESS_HELP}"
+            ) from None
+        if resolved is None:
+            raise ConfigError(f"{where}: no running Ray cluster found on this machine; {_ADDRESS_HELP}")
+        address = resolved
+    scheme, sep, rest = address.partition("://")
+    default_port: int | None = None
+    if not sep:
+        rest = address
+    elif scheme in ("http", "https"):
+        raise ConfigError(
+            f"{where}: an http address is the dashboard's (for `ray job submit --address`), not "
+            f"the cluster's; {_ADDRESS_HELP}"
+        )
+    elif scheme == "ray":
+        default_port = 10001  # the Ray Client server's default port
+    else:
+        return None
+    rest = rest.split("/", 1)[0]
+    if rest.startswith("["):  # [IPv6]:port
+        host, _, tail = rest[1:].partition("]")
+        port_text = tail[1:] if tail.startswith(":") else ""
+    elif rest.count(":") == 1:
+        host, port_text = rest.split(":")
+    else:
+        host, port_text = rest, ""
+    if not port_text and default_port is not None:
+        port_text = str(default_port)
+    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"{where}: not a host:port address; {_ADDRESS_HELP}")
+    return host, int(port_text)
+
+
+def _probe(host: str, port: int, timeout_s: float) -> str:
+    """'' when a TCP connection to host:port opens within timeout_s, else what went wrong. The
+    name lookup runs in the same bounded thread, since getaddrinfo has no timeout of its own."""
+    result: list[str] = []
+
+    def attempt() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout_s):
+                result.append("")
+        except socket.gaierror as err:
+            result.append(f"the host name does not resolve: {err.strerror or err}")
+        except ConnectionRefusedError:
+            result.append("connection refused")
+        except TimeoutError:
+            result.append(f"no answer within runtime.connect_timeout_s = {timeout_s:g} s")
+        except OSError as err:
+            result.append(err.strerror or str(err))
+
+    thread = threading.Thread(target=attempt, name="ray-address-probe", daemon=True)
+    thread.start()
+    thread.join(timeout_s + 0.5)
+    return result[0] if result else f"no answer within runtime.connect_timeout_s = {timeout_s:g} s"
+
+
+# --------------------------------------------------------------------------- placement
+
+
+def _n(x: float) -> str:
+    return f"{x:g}"
+
+
+def _bundle(rt: RuntimeConfig) -> dict[str, float]:
+    """What one client actor reserves (as in RayBackend); zero entries left out."""
+    return {k: v for k, v in (("CPU", rt.num_cpus_per_actor), ("GPU", rt.num_gpus_per_actor)) if v > 0}
+
+
+def pool_needs(cfg: RunConfig) -> str:
+    """The pool's needs in words, with the fields they come from."""
+    rt = cfg.runtime
+    parts = [
+        f"{_n(rt.num_actors * rt.num_cpus_per_actor)} CPUs (runtime.num_actors={rt.num_actors} x "
+        f"runtime.num_cpus_per_actor={rt.num_cpus_per_actor})"
+    ]
+    if rt.num_gpus_per_actor > 0:
+        parts.append(
+            f"{_n(rt.num_actors * rt.num_gpus_per_actor)} GPUs (runtime.num_actors={rt.num_actors} x "
+            f"runtime.num_gpus_per_actor={rt.num_gpus_per_actor})"
+        )
+    return " and ".join(parts)
+
+
+def _alive_nodes() -> list[dict[str, float]]:
+    return [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+
+
+def cluster_has() -> str:
+    """The cluster's CPUs and GPUs in words: totals, node count, the largest node."""
+    total = ray.cluster_resources()
+    nodes = _alive_nodes()
+    text = f"{_n(total.get('CPU', 0))} CPUs and {_n(total.get('GPU', 0))} GPUs in all on {len(nodes)} node(s)"
+    if len(nodes) > 1:
+        big = max(nodes, key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)))
+        text += f" (the largest: {_n(big.get('CPU', 0))} CPUs, {_n(big.get('GPU', 0))} GPUs)"
+    return text
+
+
+def _actors_fitting(node: dict[str, float], cpu: float, gpu: float) -> float:
+    """How many actors of (cpu, gpu) one node holds. A fractional GPU share must fit within
+    one GPU, so a GPU holds floor(1 / share) actors."""
+    counts = [math.inf]
+    if cpu > 0:
+        counts.append(math.floor(node.get("CPU", 0) / cpu + _EPS))
+    if gpu > 0:
+        gpus = node.get("GPU", 0)
+        if gpu <= 1:
+            counts.append(math.floor(gpus + _EPS) * math.floor(1 / gpu + _EPS))
+        else:
+            counts.append(math.floor(gpus / gpu + _EPS))
+    return min(counts)
+
+
+def check_placement(cfg: RunConfig) -> None:
+    """On a cluster that cannot grow (a local one), fail before any work when the pool cannot
+    be placed: the actors would wait forever. Checks the totals, one actor against the largest
+    node, and how many actors the nodes hold together."""
+    rt = cfg.runtime
+    cpu, gpu, n = rt.num_cpus_per_actor, rt.num_gpus_per_actor, rt.num_actors
+    total = ray.cluster_resources()
+    if gpu > 0 and total.get("GPU", 0) == 0:
+        raise ConfigError(
+            f"config field 'runtime.num_gpus_per_actor' = {gpu}: the Ray cluster has no GPUs "
+            f"({cluster_has()}); set it to 0 to run on CPUs"
+        )
+    short = [
+        (what, field)
+        for what, per, field in (
+            ("CPU", cpu, "runtime.num_cpus_per_actor"),
+            ("GPU", gpu, "runtime.num_gpus_per_actor"),
+        )
+        if n * per > total.get(what, 0) + _EPS
+    ]
+    if short:
+        fields = " or ".join(["runtime.num_actors", *(f for _, f in short)])
+        raise ConfigError(
+            f"the pool needs {pool_needs(cfg)} but the Ray cluster has {cluster_has()}; lower {fields}"
+        )
+    nodes = _alive_nodes()
+    fits = [_actors_fitting(node, cpu, gpu) for node in nodes]
+    if not any(f >= 1 for f in fits):
+        raise ConfigError(
+            f"one client actor needs {_n(cpu)} CPUs (runtime.num_cpus_per_actor) and {_n(gpu)} GPUs "
+            f"(runtime.num_gpus_per_actor), more than any single node of the Ray cluster holds "
+            f"({cluster_has()}); lower runtime.num_cpus_per_actor or runtime.num_gpus_per_actor"
+        )
+    if sum(fits) < n:
+        raise ConfigError(
+            f"the pool needs {pool_needs(cfg)}; the Ray cluster has {cluster_has()}, but its nodes "
+            f"hold only {_n(sum(fits))} such actors (an actor cannot span nodes, nor a GPU share "
+            f"span GPUs); lower runtime.num_actors, runtime.num_cpus_per_actor or runtime.num_gpus_per_actor"
+        )
+
+
+def reserve_pool(cfg: RunConfig) -> PlacementGroup | None:
+    """Reserve one bundle per client actor and wait, up to ``runtime.placement_timeout_s``, until
+    the cluster has placed them all (an autoscaling cluster may add nodes meanwhile). Returns the
+    placement group (the caller removes it), or None when the actors reserve nothing. On timeout
+    the group is removed and ConfigError says what the pool needs and what the cluster has.
+
+    Strategy PACK: it is soft (bundles go to other nodes when one node lacks room), so the group
+    is placeable exactly when the actors are, and it packs the way Ray's default scheduler places
+    the actors afterwards, asking an autoscaler for as few new nodes as possible."""
+    rt = cfg.runtime
+    bundle = _bundle(rt)
+    if not bundle:
+        return None
+    pg = placement_group([dict(bundle) for _ in range(rt.num_actors)], strategy="PACK")
+    if pg.wait(timeout_seconds=rt.placement_timeout_s):
+        return pg
+    remove_placement_group(pg)
+    free = ray.available_resources()
+    raise ConfigError(
+        f"the Ray cluster found no room for the client-actor pool within runtime.placement_timeout_s"
+        f" = {rt.placement_timeout_s:g} s: the pool needs {pool_needs(cfg)}, one actor "
+        f"{_n(rt.num_cpus_per_actor)} CPUs and {_n(rt.num_gpus_per_actor)} GPUs on a single node; "
+        f"the cluster has {cluster_has()}, {_n(free.get('CPU', 0))} CPUs and "
+        f"{_n(free.get('GPU', 0))} GPUs free now. Lower runtime.num_actors, "
+        f"runtime.num_cpus_per_actor or runtime.num_gpus_per_actor, add nodes, or raise "
+        f"runtime.placement_timeout_s if the cluster autoscales"
+    )
+
+
+def _started_here() -> bool:
+    """Whether this process started the (local, never growing) Ray cluster it is connected to."""
+    node = getattr(ray._private.worker, "_global_node", None)
+    return bool(getattr(node, "head", False))
+
+
+# --------------------------------------------------------------------------- running
+
+
+def run_on_ray(cfg: RunConfig, run_dir: str | Path | None, resume: bool = False) -> dict[str, Any]:
+    """Connect, make sure the pool fits (ConfigError otherwise, before any work), then run the
+    job in a DriverActor on this node and return its summary. With ``resume`` the driver
+    continues the run in ``run_dir`` from its newest checkpoint; with ``runtime.driver_restarts``
+    Ray restarts a killed driver, which then resumes by itself."""
     started = connect(cfg)
     try:
-        if started:
-            check_resources(cfg)
+        if started or _started_here():
+            check_placement(cfg)  # a local cluster never grows: fail now
+        pool = reserve_pool(cfg)
+        if pool is not None:
+            remove_placement_group(pool)  # the actors now take its place (known to fit)
+        from actors.driver import DriverActor  # imports torch: only once the pool is known to fit
+
         # The driver writes the run directory, so it lives on this (the submitting) node.
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         path = str(Path(run_dir).resolve()) if run_dir else None
-        driver = DriverActor.options(scheduling_strategy=here).remote(cfg, path)  # type: ignore[attr-defined]
+        restarts = cfg.runtime.driver_restarts if path else 0  # a restart resumes from the run directory
+        driver = DriverActor.options(  # type: ignore[attr-defined]
+            scheduling_strategy=here, max_restarts=restarts, max_task_retries=restarts
+        ).remote(cfg, path, resume)
         try:
             return ray.get(driver.run.remote())
         finally:

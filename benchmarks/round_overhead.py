@@ -38,8 +38,8 @@ for k, v in {
 }.items():
     os.environ.setdefault(k, v)
 
+from fedlora_ray.algorithm.run import FederatedRun  # noqa: E402
 from fedlora_ray.algorithm.sampling import client_seed, sample_clients  # noqa: E402
-from fedlora_ray.algorithm.server import FederatedRun  # noqa: E402
 from fedlora_ray.config import RunConfig, load_config  # noqa: E402
 from fedlora_ray.data import load_wordnet, partition_indices  # noqa: E402
 from fedlora_ray.lora import build_model, load_tokenizer  # noqa: E402

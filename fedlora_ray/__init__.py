@@ -1,0 +1,19 @@
+"""Wireless federated LoRA fine-tuning: the science package (no Ray here; see actors/)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fedlora_ray.classifier import Classifier, load_classifier
+
+__all__ = ["Classifier", "load_classifier"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so that `import fedlora_ray.config` (the CLI, Ray's driver) does not pull in torch.
+    if name in __all__:
+        from fedlora_ray import classifier
+
+        return getattr(classifier, name)
+    raise AttributeError(f"module 'fedlora_ray' has no attribute {name!r}")

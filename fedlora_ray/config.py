@@ -117,7 +117,20 @@ class FederationConfig:
     weight_decay: float = fld(0.01, "AdamW weight decay.", ge=0)
     eval_every: int = fld(1, "Evaluate the global model on the test split every this many rounds.", ge=1)  # noqa: E501
     eval_batch_size: int = fld(128, "Batch size for evaluation.", ge=1)
-    seed: int = fld(0, "Run seed: sampling, local shuffling and model init derive from it.")
+    on_bad_update: str = fld(
+        "reject",
+        "A client upload with a NaN or inf: 'reject' leaves it out of the aggregate (counted per "
+        "round, flagged per client), 'fail' stops the run [docs/algorithms.md §9, ours].",
+        choices=("reject", "fail"),
+    )
+    on_divergence: str = fld(
+        "stop",
+        "Non-finite global factors or evaluation loss: 'stop' ends the run with an error naming "
+        "the round (the logs and checkpoint keep the last good round); 'flag' marks the round's "
+        "rows (diverged) and goes on [docs/algorithms.md §9, ours].",
+        choices=("stop", "flag"),
+    )
+    seed: int = fld(0, "Run seed: sampling, local shuffling and model init derive from it.", ge=0)
 
 
 @dataclass(frozen=True)
@@ -125,8 +138,8 @@ class CompressionConfig:
     method: str = fld(
         "none",
         "Uplink sparsifier: 'none' (ILoRA, dense), 'soft' (seed III), 'flasc', 'rlora', "
-        "'hetlora', 'fedlodrop' (baselines of seed V, all at the same budget).",
-        choices=("none", "soft", "flasc", "rlora", "hetlora", "fedlodrop"),
+        "'hetlora', 'fedlodrop' (baselines of seed V, all at the same budget). Methods added "
+        "with fedlora_ray.compress.register_compressor are accepted too.",
     )
     keep_ratio: float = fld(
         0.1, "rho: fraction of each module's r(d+k) LoRA entries a client sends.", gt=0, le=1
@@ -139,6 +152,7 @@ class CompressionConfig:
         "Weight of SOFT's orthogonal regulariser in the local loss (seed eq. 7; default ours). "
         "Applies when method=soft; 0 turns it off.",
         ge=0,
+        le=10,
     )
     soft_selection: str = fld(
         "normalized",
@@ -162,8 +176,8 @@ class AlgorithmConfig:
         "Federated LoRA scheme: 'fedavg' (every client trains the full rank r; FedAvg of B and A, "
         "with compression.method on the uplink), 'fslora' (sketched submatrices, seed 003), "
         "'hetlora' (per-client rank truncation, norm-weighted zero-padded aggregation), 'ffa' "
-        "(FFA-LoRA: A frozen, only B trained and sent).",
-        choices=("fedavg", "fslora", "hetlora", "ffa"),
+        "(FFA-LoRA: A frozen, only B trained and sent). Schemes added with "
+        "fedlora_ray.algorithm.schemes.register_scheme are accepted too.",
     )
     client_ratios: tuple[float, ...] = fld(
         (0.125, 0.25, 0.5),
@@ -176,7 +190,9 @@ class AlgorithmConfig:
         "averaging) or 'adam' (the aggregate taken as a negative gradient, as FSLoRA's code).",
         choices=("sgd", "adam"),
     )
-    server_lr: float = fld(1.0, "eta_s, the server step size.", gt=0)
+    server_lr: float = fld(
+        1.0, "eta_s, the server step size (at most 10: larger steps diverge at once).", gt=0, le=10
+    )
     server_beta1: float = fld(0.9, "Server Adam beta1.", ge=0, le=0.999999)
     server_beta2: float = fld(0.99, "Server Adam beta2.", ge=0, le=0.999999)
     server_eps: float = fld(1e-8, "Server Adam epsilon.", gt=0)
@@ -298,7 +314,26 @@ class RuntimeConfig:
         "",
         "Ray cluster address; empty uses RAY_ADDRESS (set by `ray job submit`) or starts a local cluster.",
     )
+    connect_timeout_s: float = fld(
+        30.0,
+        "Seconds to wait for the cluster address (runtime.ray_address or RAY_ADDRESS) to answer "
+        "before failing with a message; a refused connection fails at once.",
+        gt=0,
+    )
+    placement_timeout_s: float = fld(
+        600.0,
+        "Seconds to wait for a cluster joined by address (which may autoscale) to find room for "
+        "the client-actor pool before failing with a message. A local cluster fails at once.",
+        gt=0,
+    )
     progress: bool = fld(True, "Print one progress line per round.")
+    driver_restarts: int = fld(
+        0,
+        "Ray backend: how often Ray restarts a killed DriverActor; each restart resumes from the "
+        "run's last checkpoint by itself (needs a run directory).",
+        ge=0,
+        le=100,
+    )
 
 
 @dataclass(frozen=True)
@@ -309,6 +344,17 @@ class LogConfig:
         ge=1,
     )
     save_adapter: bool = fld(True, "Save the final global adapter in peft's format.")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = fld(
+        10,
+        "Write the whole run state to RUN_DIR/checkpoint/ every this many rounds, and after the "
+        "last; `fedlora-ray resume RUN_DIR` continues from the newest.",
+        ge=1,
+    )
+    keep: int = fld(2, "Checkpoints kept (older ones are deleted once a newer one is complete).", ge=1)
 
 
 @dataclass(frozen=True)
@@ -336,6 +382,9 @@ class RunConfig:
     )
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig, metadata={"help": "Execution."})
     log: LogConfig = field(default_factory=LogConfig, metadata={"help": "Parquet logs."})
+    checkpoint: CheckpointConfig = field(
+        default_factory=CheckpointConfig, metadata={"help": "Checkpoints of the run state (resume)."}
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(self)
@@ -467,11 +516,6 @@ def validate(cfg: RunConfig) -> RunConfig:
             f"config field 'channel.distance_min_m' = {cfg.channel.distance_min_m}: must be <= "
             f"channel.distance_max_m ({cfg.channel.distance_max_m})"
         )
-    if cfg.controller.kind in ("osfa", "tsfa") and cfg.compression.method == "none":
-        raise ConfigError(
-            f"config field 'controller.kind' = {cfg.controller.kind!r}: it sets the keep ratio, so "
-            "compression.method must be a sparsifier (e.g. 'soft'), not 'none'"
-        )
     if not model.target_modules:
         raise ConfigError("config field 'model.target_modules' = []: name at least one module")
     _validate_schemes(cfg)
@@ -485,7 +529,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
-def _validate_ratios(path: str, ratios: tuple[float, ...], rank: int) -> None:
+def validate_ratios(path: str, ratios: tuple[float, ...], rank: int) -> None:
     if not ratios:
         raise ConfigError(f"config field '{path}' = []: give at least one ratio in (0, 1]")
     for i, x in enumerate(ratios):
@@ -499,28 +543,25 @@ def _validate_ratios(path: str, ratios: tuple[float, ...], rank: int) -> None:
 
 
 def _validate_schemes(cfg: RunConfig) -> None:
-    """Rules tying the algorithm, sampling and controller sections together."""
+    """Rules tying the algorithm, sampling and controller sections together: each scheme and
+    controller checks what it needs; the registries say which names exist."""
+    from fedlora_ray.algorithm.schemes import SCHEMES, scheme_class
+    from fedlora_ray.compress import COMPRESSORS, compressor
+    from fedlora_ray.control import CONTROLLERS, controller_class
+
     alg, ctl, samp = cfg.algorithm, cfg.controller, cfg.sampling
-    if alg.kind != "fedavg" and cfg.compression.method != "none":
-        raise ConfigError(
-            f"config field 'compression.method' = {cfg.compression.method!r}: the sparsifiers apply "
-            f"to algorithm.kind='fedavg' only; algorithm.kind={alg.kind!r} sends its own update, so "
-            "set compression.method='none'"
-        )
-    if alg.kind in ("fslora", "hetlora"):
-        _validate_ratios("algorithm.client_ratios", alg.client_ratios, cfg.model.lora_rank)
-    if ctl.kind == "adaptive":
-        if alg.kind != "fslora":
-            raise ConfigError(
-                f"config field 'controller.kind' = 'adaptive': it chooses sketch ratios, so "
-                f"algorithm.kind must be 'fslora', not {alg.kind!r}"
-            )
-        if samp.kind != "independent":
-            raise ConfigError(
-                "config field 'controller.kind' = 'adaptive': it chooses sampling probabilities, so "
-                f"sampling.kind must be 'independent', not {samp.kind!r}"
-            )
-        _validate_ratios("controller.sketch_options", ctl.sketch_options, cfg.model.lora_rank)
+    for path, name, table, lookup in (
+        ("algorithm.kind", alg.kind, SCHEMES, scheme_class),
+        ("compression.method", cfg.compression.method, COMPRESSORS, compressor),
+        ("controller.kind", ctl.kind, CONTROLLERS, controller_class),
+    ):
+        try:
+            lookup(name)
+        except KeyError:
+            allowed = ", ".join(repr(n) for n in table)
+            raise ConfigError(f"config field '{path}' = {name!r}: allowed values are {allowed}") from None
+    scheme_class(alg.kind).validate(cfg)
+    controller_class(ctl.kind).validate(cfg)
     if samp.q_min > samp.q_max:
         raise ConfigError(
             f"config field 'sampling.q_min' = {samp.q_min}: must be <= sampling.q_max ({samp.q_max})"
@@ -556,12 +597,22 @@ def load_config(
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} does not exist")
-        loaded = yaml.safe_load(p.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {yaml_error_text(err)}") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"config file {str(p)!r} cannot be read: {err}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top")
         data = _merge(data, loaded)
     for text in overrides:
-        keys, value = parse_override(text)
+        try:
+            keys, value = parse_override(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(
+                f"override {text!r}: the value is not valid YAML: {yaml_error_text(err)}"
+            ) from None
         node = data
         for k in keys[:-1]:
             nxt = node.get(k)
@@ -595,3 +646,14 @@ def help_table(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, Any, 
         else:
             rows.append((path, value, f.metadata.get("help", "")))
     return rows
+
+
+def yaml_error_text(err: yaml.YAMLError) -> str:
+    """A YAML error as one line, 1-based line and column first, without PyYAML's excerpt."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    context, cmark = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context and cmark is not None:
+        problem += f" ({context} at line {cmark.line + 1}, column {cmark.column + 1})"
+    return where + problem

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -9,9 +10,8 @@ import torch
 
 from fedlora_ray.algorithm.client import ClientTrainer
 from fedlora_ray.algorithm.messages import ClientReply, ClientTask
-from fedlora_ray.algorithm.server import FederatedRun
+from fedlora_ray.algorithm.run import FederatedRun, resume_config
 from fedlora_ray.config import ConfigError, RunConfig
-from fedlora_ray.control import resolve_rank
 from fedlora_ray.lora.adapter import Adapter
 from fedlora_ray.train import EvalResult
 
@@ -43,9 +43,18 @@ class SerialBackend:
 
 
 def run_serial(cfg: RunConfig, run_dir: str | Path | None) -> dict[str, Any]:
-    cfg = resolve_rank(cfg, run_dir)  # TSFA's offline stage picks the rank before any model is built
-    backend = SerialBackend(cfg)
+    run = FederatedRun(cfg, SerialBackend, run_dir)
     try:
-        return FederatedRun(cfg, backend, run_dir).run()
+        return run.run()
     finally:
-        backend.close()
+        run.backend.close()
+
+
+def resume_serial(run_dir: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Continue the run in ``run_dir`` from its newest checkpoint (``--set federation.rounds=N``
+    extends it)."""
+    run = FederatedRun(resume_config(run_dir, overrides), SerialBackend, run_dir, resume=True)
+    try:
+        return run.run()
+    finally:
+        run.backend.close()

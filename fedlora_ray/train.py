@@ -93,15 +93,27 @@ def train_local(
 
 @dataclass(frozen=True)
 class EvalResult:
-    loss_sum: float
-    correct: int
-    count: int
+    """Summed loss and correct count per test batch: (batch index, loss sum, correct, count).
+    Sums run over the batches in index order, so they do not depend on which worker computed
+    which batch."""
+
+    batches: tuple[tuple[int, float, int, int], ...]
 
     @staticmethod
     def combine(parts: list[EvalResult]) -> EvalResult:
-        return EvalResult(
-            sum(p.loss_sum for p in parts), sum(p.correct for p in parts), sum(p.count for p in parts)
-        )
+        return EvalResult(tuple(sorted(b for p in parts for b in p.batches)))
+
+    @property
+    def loss_sum(self) -> float:
+        return sum(b[1] for b in self.batches)
+
+    @property
+    def correct(self) -> int:
+        return sum(b[2] for b in self.batches)
+
+    @property
+    def count(self) -> int:
+        return sum(b[3] for b in self.batches)
 
     @property
     def accuracy(self) -> float:
@@ -114,17 +126,19 @@ class EvalResult:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, data: Tokenized, indices: np.ndarray, batch_size: int, device: torch.device
+    model: nn.Module, data: Tokenized, batch_size: int, device: torch.device, part: int = 0, parts: int = 1
 ) -> EvalResult:
-    """Summed loss and correct count over ``indices``; examples are taken in length order so
-    batches carry little padding (the sums do not depend on the order)."""
+    """Loss and correct count of every ``parts``-th batch of the whole split, from ``part``.
+    Examples are taken in length order so batches carry little padding; the batches are cut
+    the same way whatever ``parts`` is."""
     model.eval()
-    idx = torch.tensor(np.asarray(indices), dtype=torch.long)
-    idx = idx[torch.argsort(data.attention_mask[idx].sum(1), stable=True)]
-    loss_sum, correct = 0.0, 0
-    for start in range(0, len(idx), batch_size):
+    idx = torch.argsort(data.attention_mask.sum(1), stable=True)
+    out = []
+    for b, start in enumerate(range(0, len(idx), batch_size)):
+        if b % parts != part:
+            continue
         ids, mask, y = data.batch(idx[start : start + batch_size], device)
         logits = model(ids, mask)
-        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-        correct += int((logits.argmax(-1) == y).sum())
-    return EvalResult(loss_sum, correct, len(idx))
+        loss = float(F.cross_entropy(logits, y, reduction="sum"))
+        out.append((b, loss, int((logits.argmax(-1) == y).sum()), len(y)))
+    return EvalResult(tuple(out))

@@ -1,7 +1,9 @@
 """Entry point for `ray job submit --working-dir . -- python jobs/run.py CONFIG.yaml [--out DIR]`.
 
-Same arguments as `fedlora-ray run`. The working directory's root goes on sys.path so the
-submitted copy of the code is the one that runs, installed or not.
+Same arguments as `fedlora-ray run`; `python jobs/run.py --resume RUN_DIR [--set
+federation.rounds=N]` continues a run from its newest checkpoint, as `fedlora-ray resume` does.
+The working directory's root goes on sys.path so the submitted copy of the code is the one that
+runs, installed or not.
 """
 
 import sys
@@ -12,4 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from actors.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main(["run", *sys.argv[1:]]))
+    args = sys.argv[1:]
+    if args[:1] == ["--resume"]:
+        sys.exit(main(["resume", *args[1:]]))
+    sys.exit(main(["run", *args]))

@@ -1,14 +1,54 @@
 #!/usr/bin/env bash
-# Install everything a fresh machine needs, idempotently: Debian's WordNet, a virtual
-# environment with torch pinned first, then this package with its dev tools.
+# Install everything a fresh machine needs, idempotently: Debian's WordNet, python3's venv
+# module, a virtual environment with torch pinned first, then this package with its dev tools.
+# Re-running it installs only what is missing; a half-made .venv (no python, or no working pip,
+# e.g. after `python3 -m venv` failed for want of python3-venv) is removed and made again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+APT_UPDATED=0
+
+apt_install() {
+  # --no-install-recommends: wordnet-base alone, not the wordnet-gui it recommends
+  if [ "$APT_UPDATED" -eq 0 ]; then
+    $SUDO apt-get update -q
+    APT_UPDATED=1
+  fi
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
+}
+
 if [ ! -f /usr/share/wordnet/data.noun ]; then
-  $SUDO apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q wordnet-base
+  apt_install wordnet-base
 fi
-[ -x .venv/bin/python ] || python3 -m venv .venv
+
+if ! command -v python3 >/dev/null 2>&1; then
+  apt_install python3 python3-venv
+elif ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+  apt_install python3-venv  # Debian ships venv's ensurepip separately from python3
+fi
+
+venv_ok() {
+  [ -x .venv/bin/python ] &&
+    .venv/bin/python -c 'import sys' >/dev/null 2>&1 &&
+    .venv/bin/python -m pip --version >/dev/null 2>&1
+}
+
+if [ -e .venv ] || [ -L .venv ]; then
+  if ! venv_ok; then
+    echo "setup.sh: .venv is incomplete (no working python or pip); making it again" >&2
+    rm -rf .venv
+  fi
+fi
+if [ ! -e .venv ]; then
+  if ! python3 -m venv .venv; then
+    rm -rf .venv  # leave no half-made environment behind for the next run to trip over
+    echo "setup.sh: 'python3 -m venv .venv' failed; is python3-venv installed?" >&2
+    exit 1
+  fi
+fi
+
 .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
 .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]"
 touch .venv/.installed

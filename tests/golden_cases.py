@@ -25,7 +25,11 @@ def cases() -> dict[str, list[str]]:
             "channel.compute_samples_per_s=40", "channel.compute_sigma=1.0"]  # fmt: skip
     for sampling in SAMPLINGS:
         for ctl in ("equal", "fixed", "finish"):
-            out[f"fedavg-none-{ctl}-{sampling}"] = [*base, f"controller.kind={ctl}", f"sampling.kind={sampling}"]
+            out[f"fedavg-none-{ctl}-{sampling}"] = [
+                *base,
+                f"controller.kind={ctl}",
+                f"sampling.kind={sampling}",
+            ]
             for kind in STRUCTURED:
                 out[f"{kind}-none-{ctl}-{sampling}"] = [
                     *base, f"algorithm.kind={kind}", f"controller.kind={ctl}", f"sampling.kind={sampling}"

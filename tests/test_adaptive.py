@@ -12,7 +12,7 @@ import torch
 from conftest import tiny_config
 
 from fedlora_ray.algorithm.aggregate import aggregate_update
-from fedlora_ray.algorithm.sampling import aggregation_weights, sample_independent
+from fedlora_ray.algorithm.sampling import IndependentSampling, UniformSampling, sample_independent
 from fedlora_ray.channel import Uplink, equal_finish_shares
 from fedlora_ray.config import ChannelConfig, ConfigError
 from fedlora_ray.control.adaptive import AdaptiveProblem, expected_max, solve
@@ -37,7 +37,7 @@ def test_independent_aggregate_is_unbiased_monte_carlo():
     for t in range(rounds):
         part = sample_independent(7, t, q)
         joined[part] += 1
-        w = aggregation_weights("independent", part, p, q)
+        w = IndependentSampling(7, n, 1).weights(part, p, q).values
         samples[t] = (torch.as_tensor(w)[:, None] * deltas[part]).sum(0)
     mean, se = samples.mean(0), samples.std(0) / rounds**0.5
     assert ((mean - full).abs() <= 5 * se).all()
@@ -48,7 +48,7 @@ def test_independent_aggregate_is_unbiased_monte_carlo():
         u = x.clone()
         u.lora["m"] = (deltas[i, :6].float().reshape(3, 2), deltas[i, 6:].float().reshape(2, 4))
         ups.append(u)
-    w = aggregation_weights("independent", np.arange(3), p, q)
+    w = IndependentSampling(7, n, 1).weights(np.arange(3), p, q).values
     agg = aggregate_update(x, ups, w.tolist())
     torch.testing.assert_close(
         agg.lora["m"][0].double(), sum(w[i] * deltas[i, :6].reshape(3, 2) for i in range(3))
@@ -57,8 +57,8 @@ def test_independent_aggregate_is_unbiased_monte_carlo():
 
 def test_uniform_weights_renormalise_over_the_participants():
     p = np.array([0.1, 0.2, 0.3, 0.4])
-    w = aggregation_weights("uniform", np.array([1, 3]), p, np.full(4, 0.5))
-    assert np.allclose(w, [0.2 / 0.6, 0.4 / 0.6])
+    w = UniformSampling(0, 4, 2).weights(np.array([1, 3]), p, np.full(4, 0.5))
+    assert np.allclose(w.values, [0.2 / 0.6, 0.4 / 0.6]) and w.total == 1.0 and w.inclusion is None
 
 
 def test_expected_max_matches_monte_carlo():

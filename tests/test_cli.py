@@ -1,6 +1,8 @@
 """The console command: a bad config stops before any work; a good one writes a run directory."""
 
 import json
+import sys
+import types
 
 import pandas as pd
 
@@ -17,6 +19,63 @@ def test_bad_config_exits_with_the_field_named_and_writes_nothing(tmp_path, caps
     err = capsys.readouterr().err
     assert "'model.lora_rank' = -2" in err and ">= 1" in err
     assert not out.exists()
+
+
+def _no_run(*args, **kwargs):  # stands in for the backends: a bad config must stop before them
+    raise AssertionError("a backend started")
+
+
+def _refused(argv, capsys, monkeypatch) -> str:
+    # run_command imports the backend it needs; hand it stand-ins (which also keeps Ray unloaded)
+    for module, name in (("actors.launch", "run_on_ray"), ("fedlora_ray.simulate", "run_serial")):
+        fake = types.ModuleType(module)
+        setattr(fake, name, _no_run)
+        monkeypatch.setitem(sys.modules, module, fake)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fedlora-ray: error: ") and "Traceback" not in err
+    return err
+
+
+def test_malformed_yaml_exits_2_naming_file_line_and_column(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nfederation:\n  rounds: 3\n   lr: 0.1\n")
+    err = _refused(["run", str(path), "--out", str(tmp_path / "run")], capsys, monkeypatch)
+    assert str(path) in err and "not valid YAML" in err and "line 4, column 6" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_out_naming_an_existing_file_is_refused_up_front(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "taken.txt"
+    out.write_text("keep me")
+    sets = [arg for item in TINY for arg in ("--set", item)]
+    err = _refused(
+        ["run", str(ROOT / "jobs/configs/smoke.yaml"), "--out", str(out), *sets], capsys, monkeypatch
+    )
+    assert f"--out {str(out)!r} is an existing file" in err
+    assert out.read_text() == "keep me"
+    err = _refused(
+        ["run", str(ROOT / "jobs/configs/smoke.yaml"), "--out", str(out / "run"), *sets], capsys, monkeypatch
+    )
+    assert "is a file, not a folder" in err
+
+
+def test_model_and_data_checks_run_before_ray(tmp_path, capsys, monkeypatch):
+    # smoke.yaml asks for the Ray backend: these must stop before it starts
+    smoke, out = str(ROOT / "jobs/configs/smoke.yaml"), str(tmp_path / "run")
+    err = _refused(
+        ["run", smoke, "--out", out, "--set", "model.target_modules=[nosuch]"], capsys, monkeypatch
+    )
+    assert "'model.target_modules[0]' = 'nosuch'" in err and "'query'" in err
+    err = _refused(
+        ["run", smoke, "--out", out, "--set", "federation.num_clients=100000"], capsys, monkeypatch
+    )
+    assert "'federation.num_clients' = 100000" in err and "training examples" in err
+    err = _refused(["run", smoke, "--out", out, "--set", "model.lora_rank=65"], capsys, monkeypatch)
+    assert "'model.lora_rank' = 65" in err and "<= 64" in err
+    err = _refused(["run", smoke, "--out", out, "--set", "federation.seed=-1"], capsys, monkeypatch)
+    assert "'federation.seed' = -1" in err and ">= 0" in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_serial_run_through_the_cli(tmp_path, capsys):

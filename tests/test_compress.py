@@ -103,9 +103,99 @@ def test_soft_allocation_is_proportional_to_the_scores():
         assert torch.equal(per_rank, expect)
 
 
-def test_soft_allocation_caps_a_rank_and_hands_on_the_excess_in_score_order():
-    k = allocate(torch.tensor([100.0, 3.0, 2.0, 1.0]), 25, cap=10)
-    assert k.tolist() == [10, 10, 5, 0]
+def test_soft_allocation_water_fills_a_capped_rank():
+    # docs/algorithms.md §2: the rest of the budget stays proportional among uncapped ranks
+    assert allocate(torch.tensor([10.0, 1.0, 1.0]), 20, cap=10).tolist() == [10, 5, 5]
+    # 15 left over [3, 2, 1]: 7.5, 5, 2.5; the one extra unit goes to the higher score
+    assert allocate(torch.tensor([100.0, 3.0, 2.0, 1.0]), 25, cap=10).tolist() == [10, 8, 5, 2]
+
+
+def test_soft_allocation_with_two_capped_ranks():
+    # lambda = 26 / 93 puts ranks 0 and 1 over the cap; the 6 left split 2 : 1
+    assert allocate(torch.tensor([50.0, 40.0, 2.0, 1.0]), 26, cap=10).tolist() == [10, 10, 4, 2]
+    # rank 1 binds only once rank 0 is capped: lambda = 1 leaves 6 under the cap, then the
+    # 20 left over [6, 2, 2] give lambda = 2 and 12 > 10; the last 10 split evenly
+    assert allocate(torch.tensor([20.0, 6.0, 2.0, 2.0]), 30, cap=10).tolist() == [10, 10, 5, 5]
+
+
+def test_soft_allocation_without_signal_spreads_evenly():
+    assert allocate(torch.zeros(3), 7, cap=10).tolist() == [3, 2, 2]
+    assert allocate(torch.tensor([1.0, float("nan"), 2.0]), 6, cap=10).tolist() == [2, 2, 2]
+    # zero-score ranks get nothing until every scored rank is full, then share the rest
+    assert allocate(torch.tensor([3.0, 0.0, 1.0]), 8, cap=10).tolist() == [6, 0, 2]
+    assert allocate(torch.tensor([1.0, 0.0, 0.0]), 20, cap=10).tolist() == [10, 5, 5]
+    with pytest.raises(ValueError):
+        allocate(torch.ones(2), 21, cap=10)
+
+
+def _floor_largest_remainder(scores: torch.Tensor, total: int) -> torch.Tensor:
+    """The proportional rule of eq. (9) as first implemented (no cap): floor of total s / sum(s)
+    plus largest remainder, ties to the higher score then the lower index."""
+    r = scores.numel()
+    s = scores.double().clamp_min(0)
+    s = s if float(s.sum()) > 0 else torch.ones(r, dtype=torch.float64)
+    share = total * s / s.sum()
+    k = share.floor().long()
+    order = sorted(range(r), key=lambda j: (-float(share[j] - k[j]), -float(s[j]), j))
+    for j in order[: total - int(k.sum())]:
+        k[j] += 1
+    return k
+
+
+def _water_level(s: list[float], total: int, cap: int) -> float:
+    """lambda with sum_j min(cap, lambda s_j) = total, by bisection (independent of the code)."""
+    lo, hi = 0.0, 1.0
+    while sum(min(cap, hi * x) for x in s) < total:
+        hi *= 2
+    for _ in range(80):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if sum(min(cap, mid * x) for x in s) < total else (lo, mid)
+    return hi
+
+
+def _random_case(g: torch.Generator) -> tuple[torch.Tensor, int, int]:
+    r = int(torch.randint(1, 17, (1,), generator=g))
+    cap = int(torch.randint(1, 60, (1,), generator=g))
+    kind = int(torch.randint(0, 3, (1,), generator=g))
+    if kind == 0:  # small integers: many ties and zeros
+        scores = torch.randint(0, 5, (r,), generator=g).float()
+    elif kind == 1:  # heavy-tailed, so that caps often bind
+        scores = torch.exp(2 * torch.randn(r, generator=g))
+    else:
+        scores = torch.rand(r, generator=g)
+    total = int(torch.randint(0, r * cap + 1, (1,), generator=g))
+    return scores, total, cap
+
+
+def test_soft_allocation_sums_to_the_budget_and_respects_the_cap():
+    g = torch.Generator().manual_seed(7)
+    binding = 0
+    for _ in range(1500):
+        scores, total, cap = _random_case(g)
+        k = allocate(scores, total, cap)
+        assert k.dtype == torch.long and int(k.sum()) == total, (scores, total, cap, k)
+        assert int(k.min()) >= 0 and int(k.max()) <= cap, (scores, total, cap, k)
+        s = scores.double().tolist()
+        if sum(s) > 0 and sum(x > 0 for x in s) * cap >= total:
+            lam = _water_level(s, total, cap)
+            x = [min(cap, lam * v) for v in s]
+            binding += any(v >= cap for v in x)
+            assert all(abs(kj - xj) < 1 + 1e-9 for kj, xj in zip(k.tolist(), x)), (s, total, cap)
+    assert binding > 300  # the cases exercise the cap
+
+
+def test_soft_allocation_without_a_binding_cap_is_floor_plus_largest_remainder():
+    g = torch.Generator().manual_seed(11)
+    checked = 0
+    for _ in range(3000):
+        scores, total, cap = _random_case(g)
+        s = scores.double().clamp_min(0)
+        s = s if float(s.sum()) > 0 else torch.ones_like(s)
+        if float((total * s / s.sum()).max()) > cap:
+            continue
+        checked += 1
+        assert torch.equal(allocate(scores, total, cap), _floor_largest_remainder(scores, total))
+    assert checked > 500
 
 
 def test_soft_scores_are_the_singular_values_when_factors_are_orthogonal():

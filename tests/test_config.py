@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 
 from fedlora_ray.config import ConfigError, RunConfig, help_table, load_config, parse_override, replace
+from fedlora_ray.preflight import check_run
 from tests.conftest import ROOT, tiny_config
 
 
@@ -74,6 +75,7 @@ BAD = [
     ("model.lora_dropout=0.95", "model.lora_dropout", "<= 0.9"),
     ("model.target_modules=[]", "model.target_modules", "at least one"),
     ("federation=3", "federation", "must be a mapping"),
+    ("federation.seed=-1", "federation.seed", ">= 0"),  # numpy seeds are non-negative
 ]
 
 
@@ -89,3 +91,56 @@ def test_bad_value_names_field_value_and_range(override, field, allowed):
 def test_missing_config_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_malformed_yaml_names_the_file_line_and_column(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("federation:\n  rounds: 3\n  lr: [0.1, 0.2\nmodel:\n  name: tiny\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert str(path) in message and "not valid YAML" in message
+    assert "line 4, column 6" in message  # where PyYAML found the unclosed list's end
+    assert "Traceback" not in message and "\n" not in message
+
+
+def test_malformed_override_value_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"model.target_modules=\[nosuch'.*not valid YAML"):
+        load_config(None, ["model.target_modules=[nosuch"])
+
+
+# Checks against the base model's modules and the training data (fedlora_ray.preflight), on
+# the tiny model: (overrides, "'field' = value" as the message shows it, a fragment of what is
+# allowed).
+PREFLIGHT_BAD = [
+    (["model.target_modules=[nosuch]"], "'model.target_modules[0]' = 'nosuch'", "'query', 'key', 'value'"),
+    (["model.target_modules=[query, attention.nosuch]"], "'model.target_modules[1]' = 'attention.nosuch'",
+     "'query'"),
+    (["federation.num_clients=100000"], "'federation.num_clients' = 100000",
+     "<= 240, the number of training examples"),
+    (["model.lora_rank=65"], "'model.lora_rank' = 65", "<= 64, the smallest dimension"),
+    (["model.target_modules=[intermediate.dense]", "model.lora_rank=65"], "'model.lora_rank' = 65", "<= 64"),
+    # TSFA picks the rank in 1..controller.max_rank, so max_rank is what must fit
+    (["controller.kind=tsfa", "compression.method=soft", "controller.max_rank=65"],
+     "'controller.max_rank' = 65", "<= 64"),
+    (["federation.num_clients=200", "data.shards_per_client=3"], "'federation.num_clients' = 200",
+     "with none"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field_value", "allowed"), PREFLIGHT_BAD, ids=[" ".join(b[0]) for b in PREFLIGHT_BAD]
+)
+def test_preflight_names_field_value_and_limit(overrides, field_value, allowed):
+    cfg = tiny_config(*overrides)  # every field is valid on its own
+    with pytest.raises(ConfigError) as err:
+        check_run(cfg)
+    assert field_value in str(err.value)
+    assert allowed in str(err.value)
+
+
+def test_preflight_accepts_good_configs():
+    check_run(tiny_config())
+    check_run(tiny_config("model.lora_rank=64", "model.target_modules=[self.query, dense]"))
+    # TSFA replaces lora_rank by its offline choice, so only controller.max_rank must fit
+    check_run(tiny_config("controller.kind=tsfa", "compression.method=soft", "model.lora_rank=100"))

@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 
 from fedlora_ray.channel import Uplink
+from fedlora_ray.compress.bits import entry_bits, lora_entries
 from fedlora_ray.config import load_config
 from fedlora_ray.control.bound import bound, rank_term, sparsification_term
-from fedlora_ray.control.controller import bits_per_entry, lora_entries, offline_rank, rho_for_budget
 from fedlora_ray.control.online import objective, solve_cvxpy, solve_scalar
 from fedlora_ray.control.simulate import simulate_uplink
+from fedlora_ray.control.tsfa import offline_rank, rho_for_budget
 
 MINILM_DIMS = [(384, 384)] * 12  # q and v in 6 layers: no model needed for the controller
 
@@ -47,7 +48,7 @@ def test_lemma2_rho_meets_the_budget_exactly_when_interior():
     cfg = _cfg("controller.delay_budget_s=0.2")
     inv = 10 * 0.2
     rho = rho_for_budget(cfg, 8, MINILM_DIMS, inv)
-    delay = rho * lora_entries(8, MINILM_DIMS) * bits_per_entry(32, 8, MINILM_DIMS) / 20e6 * inv
+    delay = rho * lora_entries(8, MINILM_DIMS) * entry_bits(32, 8, MINILM_DIMS) / 20e6 * inv
     assert 0.01 < rho < 1 and delay == pytest.approx(0.2)
 
 
@@ -118,14 +119,14 @@ def test_tsfa_builds_the_model_at_the_offline_rank(tmp_path):
 def test_pilot_calibration_fits_and_records_the_profile(tmp_path):
     import json
 
-    from fedlora_ray.control.controller import resolve_rank
+    from fedlora_ray.control.tsfa import TSFA
     from tests.conftest import tiny_config
 
     cfg = tiny_config(
         "controller.kind=tsfa", "compression.method=soft", "controller.calibrate=true",
         "controller.max_rank=8", "controller.calibrate_steps=5",
     )  # fmt: skip
-    resolved = resolve_rank(cfg, tmp_path)
+    resolved = TSFA.prepare(cfg, tmp_path)
     record = json.loads((tmp_path / "calibration.json").read_text())
     profile = np.array(record["sigma_profile"])
     assert len(profile) == 8 and profile[0] == pytest.approx(1.0) and np.all(np.diff(profile) <= 1e-12)

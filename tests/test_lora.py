@@ -1,14 +1,16 @@
 """peft LoRA on the tiny model: what trains, moving the adapter in and out, peft's format."""
 
 import json
+import warnings
 
+import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 
 from fedlora_ray.lora import build_model, get_adapter, save_adapter, set_adapter
-from fedlora_ray.lora.adapter import lora_parameters
-from fedlora_ray.lora.model import build_encoder
+from fedlora_ray.lora.adapter import Adapter, lora_parameters
+from fedlora_ray.lora.model import MINILM_HUB_ID, base_model_id, build_encoder, lora_module_dims, targets
 from tests.conftest import tiny_config
 
 
@@ -67,3 +69,82 @@ def test_saved_adapter_loads_with_peft(tmp_path):
         assert torch.equal(params[f"base_model.model.{module}.lora_A.default.weight"], am)
     assert json.loads((out / "labels.json").read_text()) == ["a", "b", "c", "d", "e"]
     assert torch.equal(load_file(str(out / "classifier.safetensors"))["weight"], adapter.head["weight"])
+
+
+def test_adapter_config_names_the_hub_model_not_a_local_path(tmp_path):
+    assert base_model_id(tiny_config("model.name=minilm").model) == MINILM_HUB_ID
+    cfg = tiny_config()
+    out = save_adapter(
+        get_adapter(build_model(cfg.model, 5, seed=0)), cfg.model, tuple("abcde"), tmp_path / "a"
+    )
+    assert (
+        json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == "tiny-bert-h64-l2"
+    )
+
+
+def test_target_names_match_as_peft_matches_them():
+    assert targets("encoder.layer.0.attention.self.query", ("value", "query")) == "query"
+    assert targets("encoder.layer.0.attention.self.query", ("self.query",)) == "self.query"
+    assert targets("encoder.layer.0.attention.self.query", ("uery",)) is None
+    cfg = tiny_config("model.target_modules=[intermediate.dense, value]").model
+    assert sorted(set(lora_module_dims(cfg))) == [(64, 64), (128, 64)]  # (out, in) per module
+
+
+def test_building_the_model_prints_no_warnings_or_progress_bars():
+    from transformers.utils import logging as hf_logging
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        build_model(tiny_config().model, 5, seed=0)
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)], [str(w.message) for w in caught]
+    assert not hf_logging.is_progress_bar_enabled()
+    assert hf_logging.get_verbosity() == hf_logging.ERROR
+
+
+def test_load_classifier_from_a_run_directory(tmp_path):
+    from fedlora_ray import load_classifier
+    from fedlora_ray.data import load_wordnet
+    from fedlora_ray.simulate import run_serial
+    from fedlora_ray.train import tokenize
+
+    cfg = tiny_config("federation.rounds=2")
+    run_dir = tmp_path / "run"
+    run_serial(cfg, run_dir)
+    clf = load_classifier(run_dir)
+    labels = json.loads((run_dir / "adapter" / "labels.json").read_text())
+    assert list(clf.label_names) == labels and not clf.model.training
+
+    # the reference: a fresh model of the run's config with the saved tensors set directly
+    saved = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
+    lora = {
+        key.removeprefix("base_model.model.").removesuffix(".lora_B.weight"): (
+            saved[key], saved[key.replace("lora_B", "lora_A")]
+        )
+        for key in saved if key.endswith(".lora_B.weight")
+    }  # fmt: skip
+    head = load_file(str(run_dir / "adapter" / "classifier.safetensors"))
+    reference = build_model(cfg.model, len(labels), cfg.federation.seed)
+    set_adapter(reference, Adapter(lora, head))
+    initial = get_adapter(build_model(cfg.model, len(labels), cfg.federation.seed))
+    first = next(iter(lora))
+    assert not torch.equal(lora[first][0], initial.lora[first][0])  # the run did train B
+
+    _, test = load_wordnet(cfg.data)
+    texts = list(test.texts[:6])
+    data = tokenize(clf.tokenizer, tuple(texts), test.labels[:6], cfg.model.max_length)
+    with torch.no_grad():
+        expected = reference(data.input_ids, data.attention_mask)
+    logits = clf.logits(texts)
+    assert logits.shape == (6, len(labels))
+    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-6)
+    predicted = clf.predict(texts)
+    assert predicted == [labels[i] for i in expected.argmax(-1).tolist()]
+    assert set(predicted) <= set(labels)
+
+
+def test_load_classifier_without_an_adapter_says_so(tmp_path):
+    from fedlora_ray import load_classifier
+
+    (tmp_path / "config.json").write_text(tiny_config().to_json())
+    with pytest.raises(FileNotFoundError, match="adapter_model.safetensors not found"):
+        load_classifier(tmp_path)

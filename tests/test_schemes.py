@@ -9,11 +9,12 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from fedlora_ray.algorithm import schemes
 from fedlora_ray.algorithm.aggregate import aggregate_update, hetlora_target, zero_pad
 from fedlora_ray.algorithm.client import ClientTrainer
 from fedlora_ray.algorithm.messages import ClientTask
-from fedlora_ray.algorithm.server_opt import ServerOptimizer
+from fedlora_ray.algorithm.schemes import draw_client_ratios, make_scheme
+from fedlora_ray.algorithm.schemes.fslora import sketch_components
+from fedlora_ray.algorithm.server_opt import ServerOptState, server_step
 from fedlora_ray.compress import apply_payload
 from fedlora_ray.compress.base import rank_component_positions
 from fedlora_ray.config import replace
@@ -79,7 +80,7 @@ def test_fslora_trains_and_sends_only_the_sketch(fslora_trainer):
     start = _start(fslora_trainer)
     k = 2
     reply, local = _train_one(fslora_trainer, start, k)
-    comps = schemes.sketch_components("fslora", 1234 + 1, list(start.lora), RANK, k)
+    comps = sketch_components(1234 + 1, list(start.lora), RANK, k)
     assert len({tuple(c.tolist()) for c in comps.values()}) > 1  # one draw per module
     entries = 0
     for m, (b, a) in local.lora.items():
@@ -106,15 +107,16 @@ def test_fslora_trains_and_sends_only_the_sketch(fslora_trainer):
 
 
 def test_fslora_sketch_is_redrawn_each_round_and_scaled_r_over_k():
-    a = schemes.sketch_components("fslora", 11, ["m"], 16, 4)["m"]
-    b = schemes.sketch_components("fslora", 12, ["m"], 16, 4)["m"]
+    a = sketch_components(11, ["m"], 16, 4)["m"]
+    b = sketch_components(12, ["m"], 16, 4)["m"]
     assert not torch.equal(a, b) and a.numel() == 4 and len(set(a.tolist())) == 4
-    s = schemes.component_scale("fslora", {"m": a}, 16)["m"]
+    fslora = make_scheme(tiny_config("algorithm.kind=fslora", "model.lora_rank=16", "model.lora_alpha=16"))
+    s = fslora.component_scale({"m": a})["m"]
     assert torch.equal(s[a], torch.full((4,), 4.0)) and s.sum() == 16  # E[S] = I over draws
     # over many draws every component is picked with probability k / r
     counts = torch.zeros(16)
     for seed in range(2000):
-        counts[schemes.sketch_components("fslora", seed, ["m"], 16, 4)["m"]] += 1
+        counts[sketch_components(seed, ["m"], 16, 4)["m"]] += 1
     assert (counts / 2000 - 0.25).abs().max() < 0.04
 
 
@@ -132,7 +134,7 @@ def test_hetlora_truncates_to_the_first_ranks():
         )
     head_bits = 32 * sum(t.numel() for t in reply.head.values())
     assert reply.bits_sent == reply.kept_entries * 32 + head_bits  # first-r_i needs no positions
-    scale = schemes.component_scale("hetlora", {"m": torch.arange(3)}, RANK)["m"]
+    scale = trainer.scheme.component_scale({"m": torch.arange(3)})["m"]
     assert scale.tolist() == [1, 1, 1, 0, 0, 0, 0, 0]  # truncation, not rescaled
 
 
@@ -178,7 +180,7 @@ def test_fslora_server_step_moves_only_sketched_entries():
         ups.append(u)
         masks.append(comps)
     update = aggregate_update(x, ups, [0.5, 0.5])
-    new = ServerOptimizer(tiny_config().algorithm).step(x, update)
+    new, _ = server_step(tiny_config().algorithm, ServerOptState(), x, update)
     b, a = new.lora["m"]
     assert b[:, 1].eq(1.0).all() and b[:, 0].eq(0.5).all() and b[:, 5].eq(0.5).all()
     untouched = [2, 3, 4, 6, 7]
@@ -190,15 +192,16 @@ def test_server_adam_first_step_is_lr_times_the_sign():
     cfg = replace(tiny_config(), "algorithm.server_optimizer=adam", "algorithm.server_lr=0.01").algorithm
     x = Adapter({"m": (torch.zeros(3, 2), torch.zeros(2, 3))}, {})
     u = Adapter({"m": (torch.tensor([[1.0, -2.0], [3e-3, 0.0], [-5.0, 1.0]]), torch.full((2, 3), -0.1))}, {})
-    new = ServerOptimizer(cfg).step(x, u)
+    new, state = server_step(cfg, ServerOptState(), x, u)
+    assert state.steps == 1 and len(state.m) == len(state.v) == 2
     expected = 0.01 * torch.sign(u.lora["m"][0])
     torch.testing.assert_close(new.lora["m"][0], expected, atol=1e-6, rtol=1e-4)
     torch.testing.assert_close(new.lora["m"][1], torch.full((2, 3), -0.01), atol=1e-6, rtol=1e-4)
 
 
 def test_client_ratios_are_drawn_from_the_options_and_seeded():
-    r1 = schemes.client_ratios(0, 3000, (0.125, 0.25, 0.5))
+    r1 = draw_client_ratios(0, 3000, (0.125, 0.25, 0.5))
     assert set(np.unique(r1)) == {0.125, 0.25, 0.5}
     assert np.allclose([np.mean(r1 == x) for x in (0.125, 0.25, 0.5)], 1 / 3, atol=0.03)
-    assert np.array_equal(r1, schemes.client_ratios(0, 3000, (0.125, 0.25, 0.5)))
-    assert not np.array_equal(r1, schemes.client_ratios(1, 3000, (0.125, 0.25, 0.5)))
+    assert np.array_equal(r1, draw_client_ratios(0, 3000, (0.125, 0.25, 0.5)))
+    assert not np.array_equal(r1, draw_client_ratios(1, 3000, (0.125, 0.25, 0.5)))

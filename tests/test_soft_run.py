@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from fedlora_ray.algorithm.server import FederatedRun
+from fedlora_ray.algorithm.run import FederatedRun
 from fedlora_ray.compress import module_budget
 from fedlora_ray.lora.orthogonality import orthogonal_penalty, orthogonality_error
 from fedlora_ray.simulate import SerialBackend

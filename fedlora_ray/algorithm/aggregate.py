@@ -38,7 +38,7 @@ def aggregate_update(
 ) -> Adapter:
     """U = sum_i w_i (X_i - X) with the weights as given (not renormalised), for B, A and the
     head. With w_i = p_i / sum_S p_j this is FedAvg's step; with w_i = p_i / q_i the unbiased
-    step of independent sampling [ALGORITHMS 6-7]. Entries a client did not send equal X, so
+    step of independent sampling [docs/algorithms.md §6-7]. Entries a client did not send equal X, so
     they add nothing: for FSLoRA this is sum_i w_i M_i * (X_i - X)."""
     g = global_adapter
     lora = {
@@ -52,17 +52,22 @@ def aggregate_update(
     return Adapter(lora, head)
 
 
-def hetlora_target(uploads: Sequence[Adapter], data_weights: Sequence[float]) -> Adapter:
+def hetlora_target(
+    uploads: Sequence[Adapter], data_weights: Sequence[float], norm_scale: Sequence[float] | None = None
+) -> Adapter:
     """HetLoRA's aggregate of zero-padded client factors: per module,
-    X = sum_i w_i pad(X_i) with w_i = ||B_i A_i||_F / sum_j ||B_j A_j||_F [HetLoRA, as summarised
-    in ALGORITHMS 6]. While every product is zero (B starts at zero) the data weights stand in.
-    The head is averaged with the data weights."""
+    X = sum_i w_i pad(X_i) with w_i = c_i ||B_i A_i||_F / sum_j c_j ||B_j A_j||_F [HetLoRA, as
+    summarised in docs/algorithms.md §6], c_i = ``norm_scale`` (1 by default; 1 / q_i under
+    independent sampling, ours). While every product is zero (B starts at zero) the data weights
+    stand in. The head is averaged with the data weights."""
     dw = _normalised(data_weights)
     lora = {}
     for m in uploads[0].lora:
         norms = torch.tensor(
             [float(torch.linalg.matrix_norm(u.lora[m][0].double() @ u.lora[m][1].double())) for u in uploads]
         )
+        if norm_scale is not None:
+            norms = norms.double() * torch.tensor(norm_scale, dtype=torch.float64)
         w = _normalised(norms) if norms.sum() > 0 else dw
         lora[m] = (
             _weighted_sum(w, [u.lora[m][0] for u in uploads]),

@@ -7,18 +7,15 @@ backend holds one, every Ray client actor holds one.
 
 from __future__ import annotations
 
-import dataclasses
 import resource
 import time
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
-import numpy as np
 import torch
 
-from fedlora_ray.algorithm import schemes
 from fedlora_ray.algorithm.messages import ClientReply, ClientTask
-from fedlora_ray.compress import compensate, compress_update, residual
+from fedlora_ray.algorithm.schemes import make_scheme
 from fedlora_ray.config import RunConfig
 from fedlora_ray.data import load_wordnet
 from fedlora_ray.lora import Adapter, build_model, get_adapter, load_tokenizer, set_adapter
@@ -26,7 +23,20 @@ from fedlora_ray.lora.adapter import lora_parameters
 from fedlora_ray.lora.rank_mask import lora_b_modules, rank_mask
 from fedlora_ray.train import EvalResult, evaluate, tokenize, train_local
 
-_COMPRESSOR_STREAM = 0x5EED  # the random baselines draw from their own stream
+
+def restore_outside(params: dict[str, tuple[torch.nn.Parameter, torch.nn.Parameter]], global_lora: Adapter,
+                    components: dict[str, torch.Tensor]) -> None:  # fmt: skip
+    """Put the global values back in the entries outside the trained components. They had zero
+    gradient and never entered the forward; only AdamW's decoupled weight decay moved them, so
+    this is the same as having frozen them."""
+    with torch.no_grad():
+        for m, idx in components.items():
+            b, a = params[m]
+            outside = torch.ones(b.shape[1], dtype=torch.bool)
+            outside[idx] = False
+            gb, ga = global_lora.lora[m]
+            b[:, outside] = gb[:, outside].to(b.device)
+            a[outside, :] = ga[outside, :].to(a.device)
 
 
 class ClientTrainer:
@@ -43,7 +53,8 @@ class ClientTrainer:
         self._lora_params = lora_parameters(self.model)
         self._lora_pairs = list(self._lora_params.values())
         self._lora_b = lora_b_modules(self.model)
-        if cfg.algorithm.kind == "ffa":  # FFA-LoRA: A stays at its seeded init on every client
+        self.scheme = make_scheme(cfg)
+        if not self.scheme.trains_a:  # FFA-LoRA: A stays at its seeded init on every client
             for _, a in self._lora_pairs:
                 a.requires_grad_(False)
 
@@ -63,20 +74,18 @@ class ClientTrainer:
         return self._initial.clone()
 
     def train(self, global_adapter: Adapter, tasks: list[ClientTask]) -> list[ClientReply]:
-        fed, comp, kind = self.cfg.federation, self.cfg.compression, self.cfg.algorithm.kind
-        lambda_o = comp.lambda_o if comp.method == "soft" else 0.0
-        keep_memory = kind == "fedavg" and comp.error_feedback and comp.method != "none"
-        rank = self.cfg.model.lora_rank
+        """Each task's local round: load the global adapter, train the scheme's components, and
+        let the scheme make the upload and the client's new state."""
+        fed, scheme = self.cfg.federation, self.scheme
+        modules = list(self._lora_params)
         replies = []
         for task in tasks:
             start = time.perf_counter()
             set_adapter(self.model, global_adapter)
-            components = None
+            components = scheme.components(task.seed, modules, task.components)
             masked: AbstractContextManager[None] = nullcontext()
-            if kind in ("fslora", "hetlora"):
-                k = rank if task.components is None else task.components
-                components = schemes.sketch_components(kind, task.seed, list(self._lora_params), rank, k)
-                masked = rank_mask(self._lora_b, schemes.component_scale(kind, components, rank))
+            if components is not None:
+                masked = rank_mask(self._lora_b, scheme.component_scale(components))
             with masked:
                 result = train_local(
                     self.model,
@@ -89,24 +98,16 @@ class ClientTrainer:
                     seed=task.seed,
                     device=self.device,
                     lora_pairs=self._lora_pairs,
-                    lambda_o=lambda_o,
+                    lambda_o=scheme.orthogonal_weight,
                 )
             if components is not None:
-                schemes.restore_outside(self._lora_params, global_adapter.lora, components)
+                restore_outside(self._lora_params, global_adapter, components)
             local = get_adapter(self.model)
             delta = {
                 m: (b - global_adapter.lora[m][0], a - global_adapter.lora[m][1])
                 for m, (b, a) in local.lora.items()
             }
-            if kind == "fedavg":
-                update = compensate(delta, task.state.get("error") if keep_memory else None)
-                gen = torch.Generator().manual_seed(task.seed ^ _COMPRESSOR_STREAM)
-                task_comp = (
-                    comp if task.keep_ratio is None else dataclasses.replace(comp, keep_ratio=task.keep_ratio)
-                )
-                sent = compress_update(update, local.lora, task_comp, gen)
-            else:
-                sent = schemes.structured_upload(kind, delta, components, comp.value_bits)
+            sent, state = scheme.upload(delta, local.lora, components, task.keep_ratio, task.state, task.seed)
             head_entries = sum(t.numel() for t in local.head.values())
             replies.append(
                 ClientReply(
@@ -117,18 +118,20 @@ class ClientTrainer:
                     payload=sent.payload,
                     head=local.head,
                     kept_entries=sent.kept,
-                    bits_sent=sent.bits + comp.value_bits * head_entries,
+                    bits_sent=sent.bits + self.cfg.compression.value_bits * head_entries,
                     distortion=sent.distortion,
                     train_seconds=time.perf_counter() - start,
                     actor_id=self.actor_id,
-                    state={"error": residual(update, sent)} if keep_memory else {},
+                    state=state,
                 )
             )
         return replies
 
     def evaluate(self, global_adapter: Adapter, part: int = 0, parts: int = 1) -> EvalResult:
-        """Evaluate on the ``part``-th of ``parts`` interleaved slices of the test split, so
-        that a pool of actors can share the work."""
+        """Evaluate the ``part``-th of ``parts`` shares of the test split's batches, so that a pool
+        of actors can share the work; the batches are the same whatever ``parts`` is, so the
+        combined sums are too."""
         set_adapter(self.model, global_adapter)
-        idx = np.arange(part, len(self.test_data), parts)
-        return evaluate(self.model, self.test_data, idx, self.cfg.federation.eval_batch_size, self.device)
+        return evaluate(
+            self.model, self.test_data, self.cfg.federation.eval_batch_size, self.device, part, parts
+        )

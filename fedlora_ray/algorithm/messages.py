@@ -23,7 +23,7 @@ class ClientTask:
     indices: np.ndarray
     state: dict[str, Any] = field(default_factory=dict)
     keep_ratio: float | None = None  # the round's rho from the controller (None: the config's)
-    components: int | None = None  # fslora: sketch size k_i; hetlora: rank r_i (None: all r)
+    components: int | None = None  # rank components k_i the client trains (None: all r)
 
 
 @dataclass
@@ -42,3 +42,4 @@ class ClientReply:
     train_seconds: float
     actor_id: str
     state: dict[str, Any] = field(default_factory=dict)
+    attempt: int = 1  # 2 and up: a worker died and the client was trained again elsewhere

@@ -1,16 +1,27 @@
 """The server's step on the aggregated update: plain (eta_s = 1 is averaging) or Adam.
 
-FSLoRA writes its server update as X <- X - eta_s * (1/|S_t|) sum_i (X - X_i) * M_i [seed 003;
-ALGORITHMS 6]; its public code optionally runs Adam on that pseudo-gradient. Both act on B, A and
-the head alike.
+FSLoRA writes its server update as X <- X - eta_s * (1/|S_t|) sum_i (X - X_i) * M_i [FSLoRA;
+docs/algorithms.md §6]; its public code optionally runs Adam on that pseudo-gradient. Both act on
+B, A and the head alike. The step is a pure function: the moments travel in the run state.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 
 from fedlora_ray.config import AlgorithmConfig
 from fedlora_ray.lora.adapter import Adapter
+
+
+@dataclass(frozen=True)
+class ServerOptState:
+    """Server Adam's step count and moments, one tensor per trainable tensor (empty for sgd)."""
+
+    steps: int = 0
+    m: list[torch.Tensor] = field(default_factory=list)
+    v: list[torch.Tensor] = field(default_factory=list)
 
 
 def _tensors(adapter: Adapter) -> list[torch.Tensor]:
@@ -24,30 +35,26 @@ def _rebuild(like: Adapter, flat: list[torch.Tensor]) -> Adapter:
     return Adapter(lora, head)
 
 
-class ServerOptimizer:
-    def __init__(self, cfg: AlgorithmConfig) -> None:
-        self.cfg = cfg
-        self.steps = 0
-        self.m: list[torch.Tensor] = []
-        self.v: list[torch.Tensor] = []
-
-    def step(self, global_adapter: Adapter, update: Adapter) -> Adapter:
-        """X <- X + eta_s U (sgd), or Adam with gradient -U."""
-        xs, us = _tensors(global_adapter), _tensors(update)
-        lr = self.cfg.server_lr
-        if self.cfg.server_optimizer == "sgd":
-            return _rebuild(global_adapter, [x + lr * u for x, u in zip(xs, us)])
-        if not self.m:
-            self.m = [torch.zeros_like(x) for x in xs]
-            self.v = [torch.zeros_like(x) for x in xs]
-        self.steps += 1
-        b1, b2, eps = self.cfg.server_beta1, self.cfg.server_beta2, self.cfg.server_eps
-        out = []
-        for i, (x, u) in enumerate(zip(xs, us)):
-            g = -u
-            self.m[i] = b1 * self.m[i] + (1 - b1) * g
-            self.v[i] = b2 * self.v[i] + (1 - b2) * g * g
-            m_hat = self.m[i] / (1 - b1**self.steps)
-            v_hat = self.v[i] / (1 - b2**self.steps)
-            out.append(x - lr * m_hat / (v_hat.sqrt() + eps))
-        return _rebuild(global_adapter, out)
+def server_step(
+    cfg: AlgorithmConfig, opt: ServerOptState, global_adapter: Adapter, update: Adapter
+) -> tuple[Adapter, ServerOptState]:
+    """X <- X + eta_s U (sgd), or Adam with gradient -U; returns the new adapter and moments."""
+    xs, us = _tensors(global_adapter), _tensors(update)
+    lr = cfg.server_lr
+    if cfg.server_optimizer == "sgd":
+        return _rebuild(global_adapter, [x + lr * u for x, u in zip(xs, us)]), opt
+    m = opt.m or [torch.zeros_like(x) for x in xs]
+    v = opt.v or [torch.zeros_like(x) for x in xs]
+    steps = opt.steps + 1
+    b1, b2, eps = cfg.server_beta1, cfg.server_beta2, cfg.server_eps
+    out, new_m, new_v = [], [], []
+    for x, u, mi, vi in zip(xs, us, m, v):
+        g = -u
+        mi = b1 * mi + (1 - b1) * g
+        vi = b2 * vi + (1 - b2) * g * g
+        m_hat = mi / (1 - b1**steps)
+        v_hat = vi / (1 - b2**steps)
+        out.append(x - lr * m_hat / (v_hat.sqrt() + eps))
+        new_m.append(mi)
+        new_v.append(vi)
+    return _rebuild(global_adapter, out), ServerOptState(steps, new_m, new_v)

@@ -1,13 +1,23 @@
-"""Uplink sparsifiers behind one interface: SOFT (seed III) and the baselines of seed V.
+"""Uplink sparsifiers behind one interface: SOFT (paper III) and the baselines of paper V.
 
 Each acts on a client's error-compensated update of one module, laid out as the flat vector
 [vec(U_B); vec(U_A)] (B is d x r and A is r x k, both row-major), and picks the positions to send.
+``COMPRESSORS`` maps ``compression.method`` to its compressor; ``register_compressor`` adds one.
 """
 
-from fedlora_ray.compress.base import Compressed, ModulePayload, apply_payload, compress_update, module_budget
+from fedlora_ray.compress.base import (
+    COMPRESSORS,
+    Compressed,
+    ModulePayload,
+    apply_payload,
+    compress_update,
+    compressor,
+    register_compressor,
+)
+from fedlora_ray.compress.bits import module_budget
 from fedlora_ray.compress.error_feedback import compensate, residual
 
 __all__ = [
-    "Compressed", "ModulePayload", "apply_payload", "compensate", "compress_update",
-    "module_budget", "residual",
+    "COMPRESSORS", "Compressed", "ModulePayload", "apply_payload", "compensate", "compress_update",
+    "compressor", "module_budget", "register_compressor", "residual",
 ]  # fmt: skip

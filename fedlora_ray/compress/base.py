@@ -1,13 +1,19 @@
-"""The compressor interface: budget, payload, bits and distortion, shared by every method."""
+"""The compressor interface: budget, payload, bits and distortion, shared by every method.
+
+A compressor turns a client's error-compensated update into what it sends. ``COMPRESSORS``
+maps each ``compression.method`` to one; the sparsifiers (SOFT and the baselines) pick
+positions module by module with a ``Selector``, and ``none`` (ILoRA) sends everything.
+"""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
+from fedlora_ray.compress.bits import module_budget, payload_bits
 from fedlora_ray.config import CompressionConfig
 from fedlora_ray.lora.adapter import Adapter
 
@@ -37,9 +43,22 @@ class Compressed:
     distortion: float  # ||U - C(U)||^2 / ||U||^2 over all modules (0 for a zero update)
 
 
-def module_budget(keep_ratio: float, d: int, k: int, r: int) -> int:
-    """K_m = round(rho * r * (d + k)) entries of module m [seed III-B; ALGORITHMS 2]."""
-    return min(r * (d + k), max(0, round(keep_ratio * r * (d + k))))
+class Compressor(Protocol):
+    dense: bool  # sends every entry (no sparsification, no error memory needed)
+    orthogonal: bool  # the client adds SOFT's orthogonal regulariser to its loss [paper eq. (7)]
+
+    def compress(
+        self, update: Factors, local: Factors, cfg: CompressionConfig, gen: torch.Generator
+    ) -> Compressed: ...
+
+
+COMPRESSORS: dict[str, Compressor] = {}
+
+
+def register_compressor(name: str, compressor: Compressor) -> Compressor:
+    """Make ``compression.method: name`` available."""
+    COMPRESSORS[name] = compressor
+    return compressor
 
 
 def flat(ub: torch.Tensor, ua: torch.Tensor) -> torch.Tensor:
@@ -55,61 +74,76 @@ def rank_component_positions(d: int, r: int, k: int) -> torch.Tensor:
     return torch.cat([b_pos, a_pos], dim=1)
 
 
-def payload_bits(kept: int, size: int, value_bits: int, dense: bool) -> int:
-    """kept * q_value, plus the positions: ceil(log2 M) bits each, or an M-bit bitmap when
-    that is smaller; a dense upload sends no positions [ALGORITHMS 2, ours]."""
-    if dense:
-        return size * value_bits
-    return kept * value_bits + min(kept * max(1, math.ceil(math.log2(size))), size)
+class Dense:
+    """ILoRA: the whole update, no positions [paper V, the upper bound]."""
+
+    dense = True
+    orthogonal = False
+
+    def compress(
+        self, update: Factors, local: Factors, cfg: CompressionConfig, gen: torch.Generator
+    ) -> Compressed:
+        payload: dict[str, ModulePayload] = {}
+        kept = bits = 0
+        for m, (ub, ua) in update.items():
+            vec = flat(ub, ua)
+            payload[m] = ModulePayload(None, vec.clone())
+            kept += vec.numel()
+            bits += payload_bits(vec.numel(), vec.numel(), cfg.value_bits, dense=True)
+        return Compressed(payload, kept, bits, 0.0)
 
 
-def _selector(method: str) -> Selector:
-    from fedlora_ray.compress import fedlodrop, flasc, hetlora, rlora, soft
+class PerModule:
+    """A sparsifier that sends K_m = round(rho r (d + k)) positions of each module, chosen by
+    ``select`` [docs/algorithms.md §2-3]."""
 
-    table: dict[str, Selector] = {
-        "soft": soft.select,
-        "flasc": flasc.select,
-        "rlora": rlora.select,
-        "hetlora": hetlora.select,
-        "fedlodrop": fedlodrop.select,
-    }
-    return table[method]
+    dense = False
+
+    def __init__(self, select: Selector, orthogonal: bool = False) -> None:
+        self.select = select
+        self.orthogonal = orthogonal
+
+    def positions(
+        self, update: Factors, local: Factors, cfg: CompressionConfig, gen: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        out = {}
+        for m, (ub, ua) in update.items():
+            d, r = ub.shape
+            budget = module_budget(cfg.keep_ratio, d, ua.shape[1], r)
+            out[m] = self.select(ub, ua, budget, local[m][0], local[m][1], cfg, gen)
+        return out
+
+    def compress(
+        self, update: Factors, local: Factors, cfg: CompressionConfig, gen: torch.Generator
+    ) -> Compressed:
+        positions = self.positions(update, local, cfg, gen)
+        payload: dict[str, ModulePayload] = {}
+        kept = bits = 0
+        err = total = 0.0
+        for m, (ub, ua) in update.items():
+            vec = flat(ub, ua)
+            idx = positions[m]
+            value = vec[idx]
+            payload[m] = ModulePayload(idx, value.clone())
+            kept += idx.numel()
+            bits += payload_bits(idx.numel(), vec.numel(), cfg.value_bits, dense=False)
+            sq = float(vec.double().square().sum())
+            total += sq
+            err += sq - float(value.double().square().sum())
+        return Compressed(payload, kept, bits, err / total if total > 0 else 0.0)
+
+
+def compressor(method: str) -> Compressor:
+    import fedlora_ray.compress.methods  # noqa: F401  (registers the built-in methods)
+
+    return COMPRESSORS[method]
 
 
 def compress_update(
     update: Factors, local: Factors, cfg: CompressionConfig, gen: torch.Generator
 ) -> Compressed:
     """Sparsify the error-compensated update U of every module with ``cfg.method``."""
-    payload: dict[str, ModulePayload] = {}
-    kept = bits = 0
-    err = total = 0.0
-    positions: dict[str, torch.Tensor] = {}
-    if cfg.method == "flasc" and cfg.flasc_scope == "global":
-        from fedlora_ray.compress.flasc import select_global
-
-        positions = select_global(update, cfg)
-    for m, (ub, ua) in update.items():
-        vec = flat(ub, ua)
-        d, r = ub.shape
-        k = ua.shape[1]
-        if cfg.method == "none":
-            payload[m] = ModulePayload(None, vec.clone())
-            kept += vec.numel()
-            bits += payload_bits(vec.numel(), vec.numel(), cfg.value_bits, dense=True)
-            total += float(vec.double().square().sum())
-            continue
-        if m not in positions:
-            budget = module_budget(cfg.keep_ratio, d, k, r)
-            positions[m] = _selector(cfg.method)(ub, ua, budget, local[m][0], local[m][1], cfg, gen)
-        idx = positions[m]
-        value = vec[idx]
-        payload[m] = ModulePayload(idx, value.clone())
-        kept += idx.numel()
-        bits += payload_bits(idx.numel(), vec.numel(), cfg.value_bits, dense=False)
-        sq = float(vec.double().square().sum())
-        total += sq
-        err += sq - float(value.double().square().sum())
-    return Compressed(payload, kept, bits, err / total if total > 0 else 0.0)
+    return compressor(cfg.method).compress(update, local, cfg, gen)
 
 
 def dense_update(
@@ -129,7 +163,7 @@ def apply_payload(
     global_adapter: Adapter, payload: dict[str, ModulePayload], head: dict[str, torch.Tensor]
 ) -> Adapter:
     """What the server holds for a client: the global factors plus the sent update; entries not
-    sent keep the global value [ALGORITHMS 2, ours]."""
+    sent keep the global value [docs/algorithms.md §2, ours]."""
     lora = {}
     for m, (b, a) in global_adapter.lora.items():
         ub, ua = dense_update(payload[m], b.shape, a.shape)

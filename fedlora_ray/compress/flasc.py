@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from fedlora_ray.compress.base import Factors, flat, module_budget
+from fedlora_ray.compress.base import Factors, PerModule, flat
+from fedlora_ray.compress.bits import module_budget
 from fedlora_ray.config import CompressionConfig
 
 
@@ -40,3 +41,17 @@ def select_global(update: Factors, cfg: CompressionConfig) -> dict[str, torch.Te
         out[m] = torch.nonzero(chosen[start : start + v.numel()]).flatten()
         start += v.numel()
     return out
+
+
+class Flasc(PerModule):
+    """Per module, or over all modules at once when ``compression.flasc_scope`` is global."""
+
+    def __init__(self) -> None:
+        super().__init__(select)
+
+    def positions(
+        self, update: Factors, local: Factors, cfg: CompressionConfig, gen: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        if cfg.flasc_scope == "global":
+            return select_global(update, cfg)
+        return super().positions(update, local, cfg, gen)

@@ -1,4 +1,4 @@
-"""SOFT: sparsified orthogonal fine-tuning [seed III-A/B, eqs. (8)-(9)].
+"""SOFT: sparsified orthogonal fine-tuning [paper III-A/B, eqs. (8)-(9); docs/algorithms.md §2].
 
 With near-orthogonal factors, s_j = ||b_j|| * ||a_j|| stands in for the j-th singular value of
 B A at O(r(d+k)) cost, no product and no SVD. The module's budget K_m is shared among ranks in
@@ -8,6 +8,8 @@ are sent.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from fedlora_ray.compress.base import rank_component_positions
@@ -15,32 +17,76 @@ from fedlora_ray.config import CompressionConfig
 
 
 def rank_scores(b: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """s_j = ||b_j||_2 ||a_j||_2 for column j of B (d x r) and row j of A (r x k) [seed (8)]."""
+    """s_j = ||b_j||_2 ||a_j||_2 for column j of B (d x r) and row j of A (r x k) [paper eq. (8)]."""
     return torch.linalg.vector_norm(b, dim=0) * torch.linalg.vector_norm(a, dim=1)
 
 
 def allocate(scores: torch.Tensor, total: int, cap: int) -> torch.Tensor:
-    """k_j = total * s_j / sum(s) [seed (9)], rounded by largest remainder; a k_j over ``cap``
-    (= d + k, the entries rank j has) is capped and the excess handed to the other ranks in
-    descending score order (rounding and capping ours). Sums to ``total`` (<= r * cap)."""
+    """Entries k_j of the module budget ``total`` that rank j may send (docs/algorithms.md §2).
+
+    Proportional rule [paper III-B, eq. (9)]: k_j = total * s_j / sum_l s_l. Capping and rounding
+    are ours: rank j has only ``cap`` = d + k entries, so the real shares are water-filled,
+    x_j = min(cap, lambda * s_j) with lambda such that sum_j x_j = total (the split stays
+    proportional to s_j among the ranks below the cap); then the x_j are rounded once, floor plus
+    largest remainder (ties to the higher score, then the lower index), never above ``cap``.
+    E.g. scores [10, 1, 1], cap 10, total 20 -> [10, 5, 5]. The result sums to ``total``
+    (callers guarantee total <= r * cap). All scores zero, or any not finite: spread evenly.
+    Ranks of score zero get nothing unless every positive-score rank is at the cap; then they
+    share the rest evenly.
+
+    When no cap binds, x_j is computed as total * s / sum(s) in float64, exactly as before the
+    water-filling was added, so existing allocations are unchanged bit for bit."""
     r = scores.numel()
+    if not 0 <= total <= r * cap:
+        raise ValueError(f"cannot hand {total} entries to {r} ranks of at most {cap} each")
     s = scores.double().clamp_min(0)
-    s = s if float(s.sum()) > 0 else torch.ones(r, dtype=torch.float64)  # no signal: spread evenly
+    if not (bool(torch.isfinite(s).all()) and float(s.sum()) > 0):
+        s = torch.ones(r, dtype=torch.float64)  # no signal (or a diverged client): spread evenly
     share = total * s / s.sum()
-    k = share.floor().long()
-    # largest remainders first; ties to the higher score, then the lower index
-    order = sorted(range(r), key=lambda j: (-float(share[j] - k[j]), -float(s[j]), j))
-    for j in order[: total - int(k.sum())]:
-        k[j] += 1
-    excess = int((k - cap).clamp_min(0).sum())
-    k = k.clamp_max(cap)
-    for j in sorted(range(r), key=lambda j: (-float(s[j]), j)):
-        if excess == 0:
-            break
-        give = min(excess, cap - int(k[j]))
-        k[j] += give
-        excess -= give
-    return k
+    if float(share.max()) > cap:
+        share = _water_fill(s, total, cap)
+    return _round_shares(share.tolist(), s.tolist(), total, cap)
+
+
+def _water_fill(s: torch.Tensor, total: int, cap: int) -> torch.Tensor:
+    """x_j = min(cap, lambda * s_j) with sum_j x_j = total. A rank over the cap at the current
+    lambda stays over it at the final one (lambda only grows as ranks are capped), so capping
+    all of them at once and re-solving for the rest converges in at most r passes."""
+    x = torch.zeros_like(s)
+    free = torch.ones(s.numel(), dtype=torch.bool)
+    rest = float(total)
+    while True:
+        live = free & (s > 0)
+        if not bool(live.any()):  # only zero-score ranks are left below the cap: spread evenly
+            x[free] = rest / int(free.sum()) if bool(free.any()) else 0.0
+            return x
+        lam = rest / float(s[live].sum())
+        over = live & (lam * s > cap)
+        if not bool(over.any()):
+            x[live] = lam * s[live]
+            return x
+        x[over] = float(cap)
+        free &= ~over
+        rest -= cap * int(over.sum())
+
+
+def _round_shares(share: list[float], s: list[float], total: int, cap: int) -> torch.Tensor:
+    """Floor of each share, then one unit to each of the largest remainders until the sum is
+    ``total`` (ties to the higher score, then the lower index), skipping ranks at the cap."""
+    r = len(share)
+    k = [min(cap, math.floor(x)) for x in share]
+    order = sorted(range(r), key=lambda j: (-(share[j] - k[j]), -s[j], j))
+    missing = total - sum(k)
+    while missing > 0:  # one pass in exact arithmetic; more only if float error left a gap
+        for j in order:
+            if missing > 0 and k[j] < cap:
+                k[j] += 1
+                missing -= 1
+    for j in reversed(order):  # float error the other way: take from the smallest remainders
+        if missing < 0 and k[j] > 0:
+            k[j] -= 1
+            missing += 1
+    return torch.tensor(k, dtype=torch.long)
 
 
 def select(

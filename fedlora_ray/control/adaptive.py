@@ -1,6 +1,6 @@
 """Adaptive federated LoRA with independent sampling: choose q_i and s_i to cut wall-clock time.
 
-[seed 000-002 give the goal; the objective and solver are ours, ALGORITHMS 7.] Client i joins
+[arXiv 2505.23555 gives the goal; the objective and solver are ours, docs/algorithms.md §7.] Client i joins
 each round with probability q_i and trains a sketch of ratio s_i. We minimise
 
     F(q, s) = rounds(q, s) * E[T](q, s)
@@ -290,13 +290,6 @@ def solve(prob: AdaptiveProblem, tol: float = 1e-6, max_iterations: int = 100) -
         iterations=it,
         solve_seconds=time.perf_counter() - start_time,
     )
-
-
-def full_upload_bits(rank: int, dims: list[tuple[int, int]], value_bits: int) -> float:
-    """Bits of a sketch ratio 1 upload: r (d + k) values per module plus r component indices of
-    ceil(log2 r) bits (FSLoRA's upload; a ratio s sends s times this)."""
-    index_bits = math.ceil(math.log2(rank)) if rank > 1 else 0
-    return float(rank * sum((d + k) * value_bits + index_bits for d, k in dims))
 
 
 def uniform_plan(prob: AdaptiveProblem, s: np.ndarray) -> AdaptivePlan:

@@ -12,20 +12,10 @@ import pandas as pd
 
 from fedlora_ray.algorithm.sampling import sample_clients
 from fedlora_ray.channel import Uplink
-from fedlora_ray.compress.base import module_budget, payload_bits
+from fedlora_ray.compress import compressor
+from fedlora_ray.compress.bits import sparse_upload_bits
 from fedlora_ray.config import ConfigError, RunConfig
-from fedlora_ray.control.controller import UplinkController, resolve_rank
-
-
-def lora_payload_bits(cfg: RunConfig, rho: float, dims: list[tuple[int, int]]) -> int:
-    r, comp = cfg.model.lora_rank, cfg.compression
-    dense = comp.method == "none"
-    return sum(
-        payload_bits(
-            r * (d + k) if dense else module_budget(rho, d, k, r), r * (d + k), comp.value_bits, dense
-        )
-        for d, k in dims
-    )
+from fedlora_ray.control.base import ControllerState, make_controller
 
 
 def simulate_uplink(cfg: RunConfig, rounds: int, dims: list[tuple[int, int]] | None = None) -> pd.DataFrame:
@@ -47,19 +37,27 @@ def simulate_uplink(cfg: RunConfig, rounds: int, dims: list[tuple[int, int]] | N
             f"controller.kind in equal/fixed/osfa/tsfa; got algorithm.kind={cfg.algorithm.kind!r}, "
             f"sampling.kind={cfg.sampling.kind!r}, controller.kind={cfg.controller.kind!r}"
         )
-    cfg = resolve_rank(cfg)
+    from fedlora_ray.control.base import controller_class
+
+    cfg = controller_class(cfg.controller.kind).prepare(cfg)  # TSFA's offline rank
     dims = dims or lora_module_dims(cfg.model)
-    fed = cfg.federation
+    fed, comp = cfg.federation, cfg.compression
     uplink = Uplink(cfg.channel, fed.num_clients, fed.seed)
-    controller = UplinkController(cfg, dims, uplink)
+    controller = make_controller(cfg, dims, uplink)
+    n = fed.num_clients
+    share = np.full(n, 1.0 / n)
+    controller.setup(share, np.zeros(n))
+    state: ControllerState = controller.init(np.ones(n))
+    dense = compressor(comp.method).dense
     rows, sim_time = [], 0.0
     for t in range(1, rounds + 1):
         sampled = sample_clients(fed.seed, t, fed.num_clients, fed.clients_per_round)
-        plan = controller.plan(t, sampled)
-        bits = np.full(len(sampled), float(lora_payload_bits(cfg, plan.keep_ratio, dims)))
+        plan = controller.plan(state, t, sampled)
+        payload = sparse_upload_bits(controller.rank, dims, plan.keep_ratio, comp.value_bits, dense)
+        bits = np.full(len(sampled), float(payload))
         upload = uplink.upload_seconds(bits, plan.shares, plan.snr)
         delay = float(upload.max())
-        controller.observe(delay)
+        state = controller.observe(state, delay)
         sim_time += delay
         rows.append(
             (t, controller.rank, plan.keep_ratio, plan.queue, delay, sim_time, plan.bound, plan.solve_seconds)

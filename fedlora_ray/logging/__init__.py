@@ -1,6 +1,10 @@
 """Fixed Parquet schemas and the run directory they are written to."""
 
-from fedlora_ray.logging.run_log import RunLog
+from fedlora_ray.logging.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from fedlora_ray.logging.run_log import RunLog, read_log
 from fedlora_ray.logging.schema import CLIENTS_SCHEMA, PROFILE_SCHEMA, ROUNDS_SCHEMA
 
-__all__ = ["CLIENTS_SCHEMA", "PROFILE_SCHEMA", "ROUNDS_SCHEMA", "RunLog"]
+__all__ = [
+    "CLIENTS_SCHEMA", "PROFILE_SCHEMA", "ROUNDS_SCHEMA", "RunLog", "latest_checkpoint", "load_checkpoint",
+    "read_log", "save_checkpoint",
+]  # fmt: skip

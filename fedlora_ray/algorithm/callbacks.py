@@ -1,0 +1,141 @@
+"""What happens after each round: evaluation, the divergence guard, Parquet, checkpoints,
+progress, and any user hook. Each is a ``Callback``; ``FederatedRun`` calls them in order with
+the round's new state and its rows, which a callback may fill in (evaluation does) before the
+logging callbacks write them."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from fedlora_ray.algorithm.state import RunState
+from fedlora_ray.logging import save_checkpoint
+
+if TYPE_CHECKING:
+    from fedlora_ray.algorithm.run import FederatedRun
+
+
+class DivergenceError(RuntimeError):
+    """The global adapter or the test loss stopped being finite."""
+
+
+class Callback:
+    """Override what you need. ``row`` and ``client_rows`` are the round's log rows (dicts with
+    the columns of rounds.parquet and clients.parquet)."""
+
+    def on_round_end(
+        self, run: FederatedRun, state: RunState, row: dict[str, Any], client_rows: list[dict[str, Any]]
+    ) -> None:  # noqa: E501
+        pass
+
+    def on_run_end(self, run: FederatedRun, state: RunState, summary: dict[str, Any]) -> None:
+        pass
+
+
+class Evaluate(Callback):
+    """Test loss and accuracy of the new global adapter every ``federation.eval_every`` rounds
+    and after the last."""
+
+    def on_round_end(self, run, state, row, client_rows):  # type: ignore[no-untyped-def]
+        fed = run.cfg.federation
+        if state.round % fed.eval_every and state.round != fed.rounds:
+            return
+        start = time.perf_counter()
+        ev = run.backend.evaluate(state.adapter)
+        row["test_accuracy"], row["test_loss"] = ev.accuracy, ev.loss
+        spent = time.perf_counter() - start
+        row["round_seconds"] += spent
+        row["elapsed_seconds"] += spent
+
+
+def finite_adapter(state: RunState) -> bool:
+    tensors = [t for pair in state.adapter.lora.values() for t in pair] + list(state.adapter.head.values())
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+class DivergenceGuard(Callback):
+    """Non-finite global factors or test loss: stop with an error naming the round (the logs
+    and checkpoint keep the last good round), or flag the round when
+    ``federation.on_divergence`` is 'flag' [docs/algorithms.md §9]."""
+
+    def on_round_end(self, run, state, row, client_rows):  # type: ignore[no-untyped-def]
+        loss = row.get("test_loss")
+        bad = []
+        if not finite_adapter(state):
+            bad.append("the global LoRA factors or head hold NaN or inf")
+        if loss is not None and not math.isfinite(loss):
+            bad.append(f"the test loss is {loss}")
+        if not bad:
+            return
+        if run.cfg.federation.on_divergence == "flag":
+            row["diverged"] = True
+            return
+        raise DivergenceError(
+            f"round {state.round}: the run diverged ({'; '.join(bad)}). The logs and checkpoint end at "
+            "the last good round; lower federation.lr or algorithm.server_lr, or set "
+            "federation.on_divergence=flag to log such rounds and go on"
+        )
+
+
+class ParquetLog(Callback):
+    def on_round_end(self, run, state, row, client_rows):  # type: ignore[no-untyped-def]
+        if run.log is not None:
+            run.log.append_round(row, client_rows)
+
+
+class Checkpoint(Callback):
+    """Every ``checkpoint.every`` rounds and after the last: flush the logs, then write the state
+    (so the logs always hold every round the newest checkpoint has)."""
+
+    def on_round_end(self, run, state, row, client_rows):  # type: ignore[no-untyped-def]
+        ck = run.cfg.checkpoint
+        if run.log is None or (state.round % ck.every and state.round != run.cfg.federation.rounds):
+            return
+        run.log.flush()
+        save_checkpoint(run.log.dir, state.round, {"state": state, "config": run.cfg.to_dict()}, ck.keep)
+
+
+def format_progress(row: dict[str, Any], rounds: int) -> str:
+    def num(key: str, fmt: str) -> str:
+        value = row.get(key)
+        return format(value, fmt) if value is not None else "-"
+
+    line = (
+        f"round {row['round']:>4}/{rounds} | {row['sampled']:>3} clients | "
+        f"loss {num('train_loss', '.4f')} | acc {num('test_accuracy', '.3f')} | "
+        f"cov {num('covariance', '.3g')} | {row['uplink_bits'] / 1e6:7.2f} Mbit | "
+        f"sim {row['sim_time_s']:8.1f} s | {row['elapsed_seconds']:7.1f} s"
+    )
+    notes = [f"{row[k]} {k}" for k in ("rejected", "retries") if row.get(k)]
+    if row.get("diverged"):
+        notes.append("DIVERGED")
+    return line + (" | " + ", ".join(notes) if notes else "")
+
+
+class Progress(Callback):
+    def __init__(self, write: Callable[[str], None]) -> None:
+        self.write = write
+
+    def on_round_end(self, run, state, row, client_rows):  # type: ignore[no-untyped-def]
+        self.write(format_progress(row, run.cfg.federation.rounds))
+
+
+def describe_plan(run: FederatedRun) -> str:
+    """One line on the adaptive controller's plan for the run."""
+    state, problem = run.state.controller, run.ctx.controller.problem
+    assert problem is not None
+    n = len(state.q)
+    uniform = problem.objective(np.full(n, problem.k / n), np.ones(n))
+    ratios, counts = np.unique(state.components / run.cfg.model.lora_rank, return_counts=True)
+    plan = state.plan
+    return (
+        f"adaptive plan: objective {plan.objective:.3g} (uniform q, s = 1: {uniform:.3g}), "
+        f"E[round] {plan.expected_round_s:.3g} s, q in [{state.q.min():.3f}, {state.q.max():.3f}], "
+        f"s: {dict(zip(ratios.round(4).tolist(), counts.tolist()))}, "
+        f"solved in {plan.solve_seconds:.1f} s"
+    )

@@ -1,0 +1,213 @@
+"""A federated run: its state, the round function, and the callbacks after each round.
+
+``FederatedRun`` prepares the config (TSFA's offline rank), builds the backend and the run's
+context, starts from round 0 or from the newest checkpoint, and then repeats
+``round_step`` -> callbacks until ``federation.rounds``. The serial simulator drives it in one
+process; the Ray ``DriverActor`` drives it there.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedlora_ray.algorithm.backend import Backend
+from fedlora_ray.algorithm.callbacks import (
+    Callback,
+    Checkpoint,
+    DivergenceGuard,
+    Evaluate,
+    ParquetLog,
+    Progress,
+    describe_plan,
+)
+from fedlora_ray.algorithm.round import round_step
+from fedlora_ray.algorithm.state import RunState, build_context, initial_state
+from fedlora_ray.config import ConfigError, RunConfig, load_config, parse_override, replace
+from fedlora_ray.control import controller_class
+from fedlora_ray.data import load_wordnet
+from fedlora_ray.logging import RunLog, latest_checkpoint, load_checkpoint
+from fedlora_ray.lora import save_adapter
+
+BackendFactory = Callable[[RunConfig], Backend]
+
+
+def _print_flush(line: str) -> None:
+    print(line, flush=True)  # flushed: a Ray actor's stdout reaches the job log line by line
+
+
+def resume_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
+    """The run directory's config, which is authoritative. Only ``federation.rounds`` may be set
+    (to extend a run); any other override is refused."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{str(run_dir)!r} is not a run directory (no config.json)")
+    cfg = load_config(None, base=json.loads(path.read_text()))
+    for text in overrides:
+        keys, _ = parse_override(text)
+        if ".".join(keys) != "federation.rounds":
+            raise ConfigError(
+                f"override {text!r}: a resumed run keeps the config in {path}; only "
+                "federation.rounds may change (to extend the run). Start a new run for other settings"
+            )
+    new = replace(cfg, *overrides) if overrides else cfg
+    ckpt = latest_checkpoint(run_dir)
+    done = int(ckpt.name[6:12]) if ckpt else 0
+    if new.federation.rounds < done:
+        raise ConfigError(
+            f"config field 'federation.rounds' = {new.federation.rounds}: the run has a checkpoint at "
+            f"round {done}; a resumed run can only be extended"
+        )
+    return new
+
+
+class FederatedRun:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        backend: Backend | BackendFactory,
+        run_dir: str | Path | None = None,
+        progress: Callable[[str], None] | None = None,
+        callbacks: Sequence[Callback] = (),
+        *,
+        resume: bool = False,
+    ) -> None:
+        """``backend`` is a Backend, or a factory called with the prepared config (so that TSFA's
+        offline rank reaches the models). With ``resume``, ``cfg`` is the run directory's
+        (``resume_config``) and the run continues from its newest checkpoint."""
+        if resume and run_dir is None:
+            raise ValueError("resuming needs the run directory")
+        if not resume:
+            cfg = controller_class(cfg.controller.kind).prepare(cfg, run_dir)
+        self.cfg = cfg
+        built = hasattr(backend, "train") and not isinstance(backend, type)
+        self.backend: Backend = backend if built else backend(cfg)  # type: ignore[operator,assignment]
+        initial = self.backend.initial_adapter()
+        rank = next(iter(initial.lora.values()))[0].shape[1]
+        if rank != cfg.model.lora_rank:
+            raise ValueError(
+                f"the backend's models have LoRA rank {rank}, the run needs {cfg.model.lora_rank} "
+                f"(controller.kind={cfg.controller.kind!r} chose it): pass the backend's class or a "
+                "factory, which is built from the prepared config"
+            )
+        train, _ = load_wordnet(cfg.data)
+        self.ctx = build_context(cfg, initial, train.labels, train.label_names)
+        checkpoint = latest_checkpoint(run_dir) if resume and run_dir is not None else None
+        self.state: RunState = (
+            load_checkpoint(checkpoint)["state"] if checkpoint else initial_state(self.ctx, initial)
+        )
+        self.log: RunLog | None = None
+        if run_dir is not None:
+            self.log = RunLog(
+                run_dir, cfg.to_dict(), cfg.log.flush_every, self.state.round if resume else None
+            )
+            if resume:
+                self.log.write_json("config.json", cfg.to_dict())  # an extended run's new length
+            else:
+                self.log.write_profile(self.client_profile())
+        self.history: list[dict[str, Any]] = self.log.rows("rounds") if self.log else []
+        write = (progress or _print_flush) if cfg.runtime.progress else None
+        self.callbacks: list[Callback] = [Evaluate(), DivergenceGuard(), ParquetLog(), Checkpoint()]
+        if write:
+            self.callbacks.append(Progress(write))
+        self.callbacks += list(callbacks)
+        if write and resume:
+            write(f"resuming {run_dir} after round {self.state.round} of {cfg.federation.rounds}")
+        elif write and self.state.controller.plan.iterations > 0:
+            write(describe_plan(self))
+        self._start = time.perf_counter()
+
+    # ---- views of the state, for tests and notebooks
+    @property
+    def round(self) -> int:
+        return self.state.round
+
+    @property
+    def global_adapter(self):  # type: ignore[no-untyped-def]
+        return self.state.adapter
+
+    @property
+    def client_state(self) -> dict[int, dict[str, Any]]:
+        return self.state.clients
+
+    @property
+    def partition(self) -> list[np.ndarray]:
+        return self.ctx.partition
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return self.ctx.label_names
+
+    def client_profile(self) -> list[dict[str, Any]]:
+        """One row per client: its drawn resources and the run's q_i and s_i."""
+        up, prob, ctl = self.ctx.uplink, self.ctx.controller.problem, self.state.controller
+        assert prob is not None
+        rank = self.cfg.model.lora_rank
+        return [
+            {
+                "client_id": i,
+                "examples": int(self.ctx.sizes[i]),
+                "data_share": float(self.ctx.data_share[i]),
+                "distance_m": float(up.distance_m[i]),
+                "tx_power_w": float(up.tx_power_w[i]),
+                "mean_snr_db": float(10 * np.log10(up.mean_snr[i])),
+                "samples_per_s": float(up.samples_per_s[i]),
+                "compute_full_s": float(prob.tau[i]),
+                "upload_full_s": float(prob.upload[i]),
+                "sample_prob": float(ctl.q[i]),
+                "sketch_ratio": float(ctl.components[i] / rank),
+                "components": int(ctl.components[i]),
+            }
+            for i in range(len(self.ctx.sizes))
+        ]
+
+    def run_round(self) -> dict[str, Any]:
+        """One round, then the callbacks; the state moves on only when they all pass."""
+        state, row, client_rows = round_step(self.state, self.ctx, self.backend)
+        row["elapsed_seconds"] = time.perf_counter() - self._start
+        for callback in self.callbacks:
+            callback.on_round_end(self, state, row, client_rows)
+        self.state = state
+        self.history.append(row)
+        return row
+
+    def run(self) -> dict[str, Any]:
+        """All remaining rounds; then the adapter and a summary go into the run directory."""
+        while self.state.round < self.cfg.federation.rounds:
+            self.run_round()
+        return self.finish()
+
+    def finish(self) -> dict[str, Any]:
+        evaluated = [r for r in self.history if r["test_accuracy"] is not None]
+        plan = self.state.controller.plan
+        summary = {
+            "rounds": self.state.round,
+            "final_test_accuracy": evaluated[-1]["test_accuracy"] if evaluated else None,
+            "final_test_loss": evaluated[-1]["test_loss"] if evaluated else None,
+            "best_test_accuracy": max((r["test_accuracy"] for r in evaluated), default=None),
+            "uplink_bits": sum(r["uplink_bits"] for r in self.history),
+            "elapsed_seconds": time.perf_counter() - self._start,
+            "workers": self.backend.describe(),
+            "sim_time_s": self.state.sim_time,
+            "rejected_uploads": sum(r["rejected"] or 0 for r in self.history),
+            "retried_clients": sum(r["retries"] or 0 for r in self.history),
+            "objective": plan.objective,
+            "objective_rounds": plan.rounds,
+            "expected_round_s": plan.expected_round_s,
+            "adaptive_solve_seconds": plan.solve_seconds,
+        }
+        if self.log:
+            self.log.close()
+            if self.cfg.log.save_adapter:
+                save_adapter(
+                    self.state.adapter, self.cfg.model, self.ctx.label_names, self.log.dir / "adapter"
+                )
+            self.log.write_json("summary.json", summary)
+        for callback in self.callbacks:
+            callback.on_run_end(self, self.state, summary)
+        return summary

@@ -1,0 +1,59 @@
+"""FedAvg of separate LoRA factors with an uplink compressor [paper II-B, III; docs/algorithms.md §1-3].
+
+Every client trains the full rank r. Its local change plus its error memory is the update U;
+``compression.method`` picks what of U travels (SOFT, a baseline, or all of it), and with
+``compression.error_feedback`` the rest stays in the client's memory for next time [paper
+(10)-(14)]. SOFT adds its orthogonal regulariser to the local loss [paper eq. (7)].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from fedlora_ray.algorithm.schemes.base import Factors, Scheme, register_scheme
+from fedlora_ray.compress import Compressed, compensate, compressor, residual
+from fedlora_ray.config import RunConfig
+
+_COMPRESSOR_STREAM = 0x5EED  # the random baselines draw from their own stream of the round seed
+
+
+@register_scheme
+class FedAvg(Scheme):
+    name = "fedavg"
+
+    def __init__(self, cfg: RunConfig) -> None:
+        super().__init__(cfg)
+        comp = cfg.compression
+        self.compressor = compressor(comp.method)
+        self.keeps_client_state = comp.error_feedback and not self.compressor.dense
+
+    @classmethod
+    def validate(cls, cfg: RunConfig) -> None:
+        """Any compressor goes."""
+
+    @property
+    def orthogonal_weight(self) -> float:
+        return self.cfg.compression.lambda_o if getattr(self.compressor, "orthogonal", False) else 0.0
+
+    def components(self, seed: int, modules: Sequence[str], k: int | None) -> dict[str, torch.Tensor] | None:
+        return None
+
+    def upload(
+        self,
+        delta: Factors,
+        local: Factors,
+        components: dict[str, torch.Tensor] | None,
+        keep_ratio: float | None,
+        state: dict[str, Any],
+        seed: int,
+    ) -> tuple[Compressed, dict[str, Any]]:
+        comp = self.cfg.compression
+        update = compensate(delta, state.get("error") if self.keeps_client_state else None)
+        gen = torch.Generator().manual_seed(seed ^ _COMPRESSOR_STREAM)
+        round_cfg = comp if keep_ratio is None else dataclasses.replace(comp, keep_ratio=keep_ratio)
+        sent = self.compressor.compress(update, local, round_cfg, gen)
+        return sent, ({"error": residual(update, sent)} if self.keeps_client_state else {})

@@ -1,0 +1,38 @@
+"""FFA-LoRA: A frozen at its seeded init on every client; only B trains and travels [FFA-LoRA,
+as summarised in docs/algorithms.md §6]."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from fedlora_ray.algorithm.schemes.base import Factors, Scheme, register_scheme
+from fedlora_ray.compress import Compressed, ModulePayload
+from fedlora_ray.compress.bits import payload_bits
+
+
+@register_scheme
+class FFA(Scheme):
+    name = "ffa"
+    trains_a = False
+
+    def upload(
+        self,
+        delta: Factors,
+        local: Factors,
+        components: dict[str, torch.Tensor] | None,
+        keep_ratio: float | None,
+        state: dict[str, Any],
+        seed: int,
+    ) -> tuple[Compressed, dict[str, Any]]:
+        """All of B's update, d r values with no positions (it is B's block of [vec(B); vec(A)])."""
+        value_bits = self.cfg.compression.value_bits
+        payload: dict[str, ModulePayload] = {}
+        kept = bits = 0
+        for m, (ub, _ua) in delta.items():
+            idx = torch.arange(ub.numel())
+            payload[m] = ModulePayload(idx, ub.reshape(-1).clone())
+            kept += idx.numel()
+            bits += payload_bits(idx.numel(), idx.numel(), value_bits, dense=True)
+        return Compressed(payload, kept, bits, 0.0), {}

@@ -1,0 +1,71 @@
+"""The one payload-bit model: what an upload costs, shared by the compressors, the schemes,
+the uplink controllers and the adaptive objective [docs/algorithms.md §2, §5, §6; ours].
+
+A LoRA module m has M_m = r (d_m + k_m) entries. A sparse upload of ``kept`` of them costs
+kept * q_value bits for the values plus their positions: ceil(log2 M_m) bits each, or an M_m-bit
+bitmap when that is smaller. A dense upload sends no positions. A structured upload (FSLoRA's
+sketch, HetLoRA's first ranks, FFA's B) sends whole rank components; FSLoRA adds ceil(log2 r)
+bits per component index. The controllers of the SOFT paper price an entry at a single q
+[§5, Lemma 2]: a value plus its position in the largest module.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+Dims = Sequence[tuple[int, int]]  # (d_m, k_m) = (out, in) features of every LoRA module
+
+
+def index_bits(size: int) -> int:
+    """Bits that name one of ``size`` positions: ceil(log2 size), at least 1."""
+    return max(1, math.ceil(math.log2(size)))
+
+
+def lora_entries(rank: int, dims: Dims) -> int:
+    """M(r) = r * sum_m (d_m + k_m)."""
+    return rank * sum(d + k for d, k in dims)
+
+
+def module_budget(keep_ratio: float, d: int, k: int, r: int) -> int:
+    """K_m = round(rho * r * (d + k)) entries of module m [paper III-B; docs/algorithms.md §2]."""
+    return min(r * (d + k), max(0, round(keep_ratio * r * (d + k))))
+
+
+def payload_bits(kept: int, size: int, value_bits: int, dense: bool) -> int:
+    """kept * q_value, plus the positions: ceil(log2 M) bits each, or an M-bit bitmap when that
+    is smaller; a dense upload sends no positions [docs/algorithms.md §2, ours]."""
+    if dense:
+        return size * value_bits
+    return kept * value_bits + min(kept * index_bits(size), size)
+
+
+def entry_bits(value_bits: int, rank: int, dims: Dims) -> int:
+    """q, the controllers' price of one entry: a value plus its position in the largest module
+    (the paper's q is per parameter) [docs/algorithms.md §5]."""
+    return value_bits + math.ceil(math.log2(rank * max(d + k for d, k in dims)))
+
+
+def sparse_upload_bits(rank: int, dims: Dims, keep_ratio: float, value_bits: int, dense: bool) -> int:
+    """One client's LoRA upload under a sparsifier at keep ratio rho (every module at its budget
+    K_m), or dense: what the compressors send, priced before any training."""
+    return sum(
+        payload_bits(r_dk if dense else module_budget(keep_ratio, d, k, rank), r_dk, value_bits, dense)
+        for d, k in dims
+        for r_dk in (rank * (d + k),)
+    )
+
+
+def component_upload_bits(components: int, rank: int, d: int, k: int, value_bits: int, indexed: bool) -> int:
+    """One module's structured upload: ``components`` whole rank components, (d + k) values each,
+    plus ceil(log2 r) bits per component index when the set is not implied (FSLoRA's sketch)
+    [docs/algorithms.md §6]."""
+    names = components * math.ceil(math.log2(rank)) if indexed and rank > 1 else 0
+    return components * (d + k) * value_bits + names
+
+
+def full_sketch_bits(rank: int, dims: Dims, value_bits: int) -> float:
+    """Bits of a sketch-ratio-1 FSLoRA upload, r (d + k) values per module plus r component
+    indices; a ratio s sends s times this. The adaptive objective's payload model
+    [docs/algorithms.md §7]."""
+    return float(sum(component_upload_bits(rank, rank, d, k, value_bits, indexed=True) for d, k in dims))

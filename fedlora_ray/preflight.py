@@ -1,0 +1,84 @@
+"""Checks of a run config against the base model and the data, before any work starts.
+
+``validate`` (fedlora_ray.config) checks each field on its own and the rules between fields;
+these checks need the base model's module names and shapes (read from a weightless copy on the
+meta device: no weights load) and the training split (WordNet glosses: a fraction of a
+second). ``check_run`` raises ConfigError naming the field, the value and what is allowed, so a
+bad run stops before Ray starts or any model is built.
+"""
+
+from __future__ import annotations
+
+from fedlora_ray.config import ConfigError, RunConfig
+
+_MAX_LISTED = 8  # allowed module names listed in a message
+
+
+def check_run(cfg: RunConfig) -> None:
+    """Raise ConfigError when ``cfg`` cannot run on its base model and data."""
+    check_data(cfg)  # first: it needs numpy only, the model check imports transformers (seconds)
+    check_model(cfg)
+
+
+def check_model(cfg: RunConfig) -> None:
+    """model.target_modules name linear modules of the base model, and the LoRA rank fits them."""
+    from fedlora_ray.lora.model import linear_modules, targets
+
+    model = cfg.model
+    modules = linear_modules(model)
+    targeted = {name: dk for name, dk in modules.items() if targets(name, model.target_modules)}
+    for i, t in enumerate(model.target_modules):
+        if not any(targets(name, (t,)) for name in modules):
+            short = list(dict.fromkeys(name.rsplit(".", 1)[-1] for name in modules))
+            allowed = ", ".join(repr(n) for n in short[:_MAX_LISTED])
+            example = next(iter(modules))
+            raise ConfigError(
+                f"config field 'model.target_modules[{i}]' = {t!r}: no linear module of the "
+                f"{model.name!r} base model has that name; allowed are its linear modules' names, "
+                f"{allowed}{', ...' if len(short) > _MAX_LISTED else ''} (or a dotted tail of a "
+                f"full name such as {example!r})"
+            )
+    limit = min(min(dk) for dk in targeted.values())
+    # TSFA replaces model.lora_rank by its offline choice r* in 1..controller.max_rank (and its
+    # pilot calibration trains at rank controller.max_rank), so max_rank is what must fit then.
+    if cfg.controller.kind == "tsfa":
+        field, rank = "controller.max_rank", cfg.controller.max_rank
+    else:
+        field, rank = "model.lora_rank", model.lora_rank
+    if rank > limit:
+        names = ", ".join(repr(t) for t in model.target_modules)
+        raise ConfigError(
+            f"config field '{field}' = {rank}: must be <= {limit}, the smallest dimension "
+            f"(min of in and out features) of the targeted modules {names} of the "
+            f"{model.name!r} base model"
+        )
+
+
+def check_data(cfg: RunConfig) -> None:
+    """The training split has examples for every client, under the configured partition."""
+    from fedlora_ray.data import load_wordnet, partition_indices
+
+    fed, data = cfg.federation, cfg.data
+    try:
+        train, _ = load_wordnet(data)
+    except ValueError as err:  # a category with no more glosses than data.test_per_class
+        raise ConfigError(f"config field 'data.test_per_class' = {data.test_per_class}: {err}") from None
+    if fed.num_clients > len(train):
+        raise ConfigError(
+            f"config field 'federation.num_clients' = {fed.num_clients}: must be <= {len(train)}, "
+            "the number of training examples (every client needs at least one); use fewer "
+            "clients or more data (data.per_class_cap, data.num_categories)"
+        )
+    try:
+        parts = partition_indices(train.labels, fed.num_clients, data, fed.seed)
+    except ValueError as err:  # the Dirichlet draw left a client empty every time
+        raise ConfigError(f"config field 'data.partition' = {data.partition!r}: {err}") from None
+    empty = sum(len(p) == 0 for p in parts)
+    if empty:
+        raise ConfigError(
+            f"config field 'federation.num_clients' = {fed.num_clients}: partition "
+            f"{data.partition!r} of the {len(train)} training examples leaves {empty} client(s) "
+            "with none; use fewer clients"
+            + (" or fewer data.shards_per_client" if data.partition == "shards" else "")
+            + " or more data (data.per_class_cap)"
+        )
