@@ -41,7 +41,9 @@ def check_model(cfg: RunConfig) -> None:
     limit = min(min(dk) for dk in targeted.values())
     # TSFA replaces model.lora_rank by its offline choice r* in 1..controller.max_rank (and its
     # pilot calibration trains at rank controller.max_rank), so max_rank is what must fit then.
-    if cfg.controller.kind == "tsfa":
+    from fedlora_ray.control import controller_class
+
+    if controller_class(cfg.controller.kind).chooses_rank:
         field, rank = "controller.max_rank", cfg.controller.max_rank
     else:
         field, rank = "model.lora_rank", model.lora_rank

@@ -39,7 +39,7 @@ def tokenize(tokenizer, texts: tuple[str, ...], labels: np.ndarray, max_length: 
     enc = tokenizer(
         list(texts), padding="max_length", truncation=True, max_length=max_length, return_tensors="pt"
     )
-    return Tokenized(enc["input_ids"], enc["attention_mask"], torch.as_tensor(labels, dtype=torch.long))
+    return Tokenized(enc["input_ids"], enc["attention_mask"], torch.tensor(labels, dtype=torch.long))
 
 
 @dataclass(frozen=True)

@@ -98,7 +98,7 @@ def ray_cluster() -> Iterator[dict[str, str]]:
             ray.shutdown()
         os.killpg(head.pid, signal.SIGTERM)  # ray start --block stops its own processes
         try:
-            head.wait(timeout=60)
+            head.wait(timeout=10)  # a throw-away cluster: no need to wait for a graceful stop
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
         shutil.rmtree(temp, ignore_errors=True)

@@ -13,7 +13,7 @@ from fedlora_ray.config import ConfigError
 from fedlora_ray.logging import read_log
 from fedlora_ray.logging.checkpoint import checkpoints
 from fedlora_ray.simulate import resume_serial, run_serial
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, wait_for
 from tests.resume_helpers import assert_same_run, kill_after, start_child
 
 SCHEMES = {
@@ -79,3 +79,31 @@ def test_a_resumed_run_refuses_a_changed_config(tmp_path):
     with pytest.raises(ConfigError, match="not a run directory"):
         resume_config(tmp_path / "nothing")
     assert resume_config(tmp_path / "run", ["federation.rounds=5"]).federation.rounds == 5
+
+
+@pytest.mark.ray
+def test_on_ray_killed_resumed_and_extended_equals_one_go(reference, ray_session, tmp_path):
+    """The job runs in a child process on the shared cluster and is killed with SIGKILL at a
+    random point (its DriverActor dies with it); the run is resumed on Ray, then extended from
+    4 to 6 rounds. The logs and adapter equal the serial run in one go."""
+    from ray.util.state import list_actors
+
+    from actors.launch import run_on_ray
+
+    name, want = reference
+    out = tmp_path / "run"
+    ray_cfg = [*COMMON, *SCHEMES[name], "runtime.backend=ray", "runtime.num_actors=1"]
+    child = start_child(
+        [*ray_cfg, "federation.rounds=4", f"runtime.ray_address={ray_session['address']}"], out
+    )
+    rng = random.Random()
+    killed = kill_after(child, out, rounds=rng.randint(1, 3), jitter_s=rng.uniform(0, 0.3), timeout=300)
+
+    def no_driver() -> bool:
+        return not list_actors(filters=[("class_name", "=", "DriverActor"), ("state", "=", "ALIVE")])
+
+    assert killed and wait_for(no_driver, timeout=60)  # the orphaned driver is gone before we resume
+    run_on_ray(resume_config(out), out, resume=True)
+    assert len(pd.read_parquet(out / "rounds.parquet")) == 4
+    run_on_ray(resume_config(out, ["federation.rounds=6"]), out, resume=True)
+    assert_same_run(out, want)

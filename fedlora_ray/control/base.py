@@ -53,6 +53,7 @@ class Controller:
     answer each."""
 
     name: ClassVar[str] = ""
+    chooses_rank: ClassVar[bool] = False  # ``prepare`` replaces model.lora_rank (in 1..max_rank)
 
     def __init__(self, cfg: RunConfig, dims: Dims, uplink: Uplink) -> None:
         self.cfg, self.dims, self.uplink = cfg, list(dims), uplink

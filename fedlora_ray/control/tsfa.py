@@ -43,6 +43,7 @@ def offline_rank(cfg: RunConfig, dims: Dims, uplink: Uplink) -> tuple[int, list[
 @register_controller
 class TSFA(OSFA):
     name = "tsfa"
+    chooses_rank = True
 
     @classmethod
     def prepare(cls, cfg: RunConfig, run_dir: str | Path | None = None) -> RunConfig:

@@ -7,6 +7,7 @@ lexicographer category (noun.animal, noun.food, ...). Source: Debian's ``wordnet
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -31,8 +32,11 @@ def clean_gloss(gloss: str) -> str:
     return re.sub(r"\s+", " ", "; ".join(p for p in parts if p)).strip(" ;:,")
 
 
+@functools.lru_cache(maxsize=4)
 def read_noun_glosses(wordnet_dir: str | Path) -> dict[str, list[tuple[int, str]]]:
-    """Map each noun category name to its (synset offset, cleaned gloss) pairs, file order."""
+    """Map each noun category name to its (synset offset, cleaned gloss) pairs, file order.
+    Parsed once per process (about 2 s): the driver, the trainer and every run of a sweep in
+    one process share it; callers must not modify it."""
     by_category: dict[str, list[tuple[int, str]]] = defaultdict(list)
     with open(Path(wordnet_dir) / "data.noun", encoding="utf-8", errors="replace") as fh:
         for line in fh:
@@ -47,6 +51,7 @@ def read_noun_glosses(wordnet_dir: str | Path) -> dict[str, list[tuple[int, str]
     return by_category
 
 
+@functools.lru_cache(maxsize=8)
 def load_wordnet(cfg: DataConfig) -> tuple[TextDataset, TextDataset]:
     """The (train, test) split: per category, ``per_class_cap`` synsets drawn with
     ``split_seed``, the first ``test_per_class`` of them held out. Independent of the run seed,
@@ -69,7 +74,10 @@ def load_wordnet(cfg: DataConfig) -> tuple[TextDataset, TextDataset]:
         for rank, i in enumerate(chosen):
             (test_x if rank < cfg.test_per_class else train_x).append(items[i][1])
             (test_y if rank < cfg.test_per_class else train_y).append(label)
+    train_labels, test_labels = np.asarray(train_y, dtype=np.int64), np.asarray(test_y, dtype=np.int64)
+    for labels in (train_labels, test_labels):
+        labels.setflags(write=False)  # cached and shared: nobody may change it
     return (
-        TextDataset(tuple(train_x), np.asarray(train_y, dtype=np.int64), names),
-        TextDataset(tuple(test_x), np.asarray(test_y, dtype=np.int64), names),
+        TextDataset(tuple(train_x), train_labels, names),
+        TextDataset(tuple(test_x), test_labels, names),
     )
