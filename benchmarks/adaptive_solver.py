@@ -1,8 +1,8 @@
-"""The adaptive controller's solve (ALGORITHMS 7) against the number of clients N.
+"""The adaptive controller's solve (docs/algorithms.md §7) against the number of clients N.
 
 For N in {50, 100, 200, 500, 1000} with K = N / 10: compute times lognormal (median 1 s,
 sigma 1), the default channel of section 4 at 20 MHz, a 3.5 Mbit full upload, sketch options
-{1/8, 1/4, 1/2, 1}, a0 = 1, a1 = 20, a2 = 0.5, omega = 0.7 (the prototype of ALGORITHMS 7).
+{1/8, 1/4, 1/2, 1}, a0 = 1, a1 = 20, a2 = 0.5, omega = 0.7 (the prototype of docs/algorithms.md §7).
 Reports the wall time of one solve, its outer iterations, and the objective's gain over uniform
 q = K / N with s = 1. The solve runs once per training run. Writes
 benchmarks/results/adaptive_solver.{json,md}.

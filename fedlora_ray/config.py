@@ -174,7 +174,7 @@ class AlgorithmConfig:
     kind: str = fld(
         "fedavg",
         "Federated LoRA scheme: 'fedavg' (every client trains the full rank r; FedAvg of B and A, "
-        "with compression.method on the uplink), 'fslora' (sketched submatrices, seed 003), "
+        "with compression.method on the uplink), 'fslora' (sketched submatrices, FSLoRA), "
         "'hetlora' (per-client rank truncation, norm-weighted zero-padded aggregation), 'ffa' "
         "(FFA-LoRA: A frozen, only B trained and sent). Schemes added with "
         "fedlora_ray.algorithm.schemes.register_scheme are accepted too.",
@@ -182,7 +182,7 @@ class AlgorithmConfig:
     client_ratios: tuple[float, ...] = fld(
         (0.125, 0.25, 0.5),
         "Per-client ratio k_i / r (fslora's sketch) or r_i / r (hetlora's rank), each client "
-        "drawing one of these uniformly, seeded, for the whole run (ALGORITHMS 6).",
+        "drawing one of these uniformly, seeded, for the whole run (docs/algorithms.md §6).",
     )
     server_optimizer: str = fld(
         "sgd",
@@ -203,7 +203,7 @@ class SamplingConfig:
     kind: str = fld(
         "uniform",
         "Client sampling: 'uniform' (K distinct clients per round, seed V) or 'independent' (each "
-        "client joins with its own probability q_i, ALGORITHMS 7; q_i = K / N unless the adaptive "
+        "client joins with its own probability q_i, docs/algorithms.md §7; q_i = K / N unless the adaptive "
         "controller sets them; the aggregate is reweighted by p_i / q_i to stay unbiased).",
         choices=("uniform", "independent"),
     )
@@ -236,7 +236,7 @@ class ChannelConfig:
     compute_fixed_share: float = fld(
         0.7,
         "omega: the share of a client's compute that sketching or rank truncation does not save; "
-        "t_cmp(s) = tau (omega + (1 - omega) s) for sketch ratio s [ALGORITHMS 7, ours].",
+        "t_cmp(s) = tau (omega + (1 - omega) s) for sketch ratio s [docs/algorithms.md §7, ours].",
         ge=0,
         le=1,
     )
@@ -250,7 +250,7 @@ class ControllerConfig:
         "(given rank and keep ratio, bandwidth by seed eq. 41), 'osfa' (given rank; keep ratio "
         "and bandwidth by the Lyapunov online stage), 'tsfa' (offline rank r* + online stage), "
         "'finish' (given rank, ratios and sampling; bandwidth split so the round's participants "
-        "finish compute + upload together), 'adaptive' (ALGORITHMS 7: sampling probabilities q_i "
+        "finish compute + upload together), 'adaptive' (docs/algorithms.md §7: sampling probabilities q_i "
         "and sketch ratios s_i chosen once to minimise rounds x E[round time], then 'finish').",
         choices=("equal", "fixed", "osfa", "tsfa", "finish", "adaptive"),
     )
@@ -275,7 +275,7 @@ class ControllerConfig:
     )  # fmt: skip
     sketch_options: tuple[float, ...] = fld(
         (0.125, 0.25, 0.5, 1.0),
-        "Sketch ratios s = k / r the adaptive controller chooses from, per client (ALGORITHMS 7).",
+        "Sketch ratios s = k / r the adaptive controller chooses from, per client (docs/algorithms.md §7).",
     )
     a0: float = fld(
         1.0, "Adaptive objective: rounds ~ a0 + a1 * sampling term + a2 * sketch term (ours).", ge=0

@@ -3,7 +3,7 @@
     python jobs/experiments.py fig3  [--seeds 0 1 2] [--parallel 4] [--out runs/exp] [--set a.b=v ...]
     python jobs/experiments.py fig4  ...   # orthogonal regulariser: heatmaps + accuracy
     python jobs/experiments.py fig56 ...   # covariance and accuracy against shards per client
-    python jobs/experiments.py wallclock ... # ALGORITHMS 7: simulated time to a target accuracy
+    python jobs/experiments.py wallclock ... # docs/algorithms.md §7: simulated time to a target accuracy
     python jobs/experiments.py summarize fig3|fig4|fig56|wallclock [--out runs/exp]   # tables/plots only
 
 Each command runs the runs it misses (a run with a summary.json is kept), several at a time
@@ -384,7 +384,7 @@ def summarize_wallclock(out: Path) -> list[str]:
         k: sorted([x for x in runs if x.path.name.startswith(f"wallclock-{k}-s")], key=lambda r: r.seed)
         for k in WALL_SCHEMES
     }
-    lines = ["## Wall-clock time to a target accuracy (ALGORITHMS 7)", "",
+    lines = ["## Wall-clock time to a target accuracy (docs/algorithms.md §7)", "",
              "One heterogeneous system for every scheme (rank 16, head frozen, 60 rounds): compute speed "
              "lognormal (median 40 samples/s, sigma 1), transmit power lognormal (sigma 4 dB), distances "
              "50-500 m, 5 MHz uplink, bandwidth split so that each round's participants finish together. "

@@ -115,7 +115,7 @@ def test_adaptive_solver_is_within_one_percent_of_brute_force(case):
 
 
 def test_adaptive_plan_samples_slow_clients_less_and_beats_uniform():
-    """ALGORITHMS 7's prototype: N = 100, K = 10, lognormal compute, the section 4 channel."""
+    """docs/algorithms.md §7's prototype: N = 100, K = 10, lognormal compute, the §4 channel."""
     rng = np.random.default_rng(1)
     n, k = 100, 10
     up = Uplink(ChannelConfig(), n, 0)

@@ -25,7 +25,7 @@ def test_path_loss_and_mean_snr_follow_the_defaults():
     one = Uplink(ChannelConfig(distance_min_m=1000, distance_max_m=1000), 1, seed=0)
     assert one.path_loss_db[0] == pytest.approx(128.1)
     snr_db = 10 * np.log10(up.mean_snr)
-    assert 4 < snr_db.min() < 6 and 40 < snr_db.max() < 42  # ALGORITHMS 4: about 4 to 41 dB
+    assert 4 < snr_db.min() < 6 and 40 < snr_db.max() < 42  # docs/algorithms.md §4: about 4 to 41 dB
 
 
 def test_upload_time_is_bits_over_rate():

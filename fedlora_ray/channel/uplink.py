@@ -1,6 +1,6 @@
 """FDMA uplink with Rayleigh block fading [seed II-C; defaults and path-loss form ours].
 
-Heterogeneous clients (ALGORITHMS 7): each client's distance, transmit power and device speed
+Heterogeneous clients (docs/algorithms.md §7): each client's distance, transmit power and device speed
 are drawn once from the configured distributions, seeded, and enter the simulated clock.
 Client i sits at a fixed distance (uniform in [d_min, d_max], seeded) with path loss
 PL_i = PL(1 km) + slope * log10(d_i / 1 km) dB. Each round it draws |g_i|^2 ~ Exp(1) (Rayleigh
@@ -68,7 +68,7 @@ class Uplink:
         self, clients: np.ndarray, samples: np.ndarray, ratio: np.ndarray | float = 1.0
     ) -> np.ndarray:
         """Local training time: samples / speed, times omega + (1 - omega) s for a client that
-        trains a sketch (or a truncated rank) of ratio s [ALGORITHMS 7, ours]."""
+        trains a sketch (or a truncated rank) of ratio s [docs/algorithms.md §7, ours]."""
         omega = self.cfg.compute_fixed_share
         return samples / self.samples_per_s[clients] * (omega + (1 - omega) * np.asarray(ratio))
 
@@ -88,7 +88,7 @@ def equal_finish_shares(
     bits: np.ndarray, spectral_eff: np.ndarray, compute_s: np.ndarray, bandwidth_hz: float
 ) -> tuple[np.ndarray, float]:
     """Bandwidth shares with which every participant finishes compute + upload at the same time
-    T [ALGORITHMS 7]: b_i = bits_i / (Bw se_i (T - c_i)), with T the root of sum_i b_i = 1 (the
+    T [docs/algorithms.md §7]: b_i = bits_i / (Bw se_i (T - c_i)), with T the root of sum_i b_i = 1 (the
     whole band used), found by bisection. A client with nothing to send gets no band. Returns
     (shares, T)."""
     bits = np.asarray(bits, dtype=np.float64)

@@ -1,5 +1,5 @@
 """The convergence bound Phi(r, rho) as three named terms [terms seed IV-A: Assumptions 2-3 and
-Lemma 1; functional forms and constants ours, ALGORITHMS 5]."""
+Lemma 1; functional forms and constants ours, docs/algorithms.md §5]."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Pilot calibration of the bound's singular-value profile [ours, beyond the seed; ALGORITHMS 5].
+"""Pilot calibration of the bound's singular-value profile [ours, beyond the seed; docs/algorithms.md §5].
 
 A few centralised AdamW steps at rank R on a random sample of the training data; then, per
 LoRA module, the singular values of B A (rank <= R), each normalised by its largest, averaged

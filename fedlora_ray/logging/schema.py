@@ -32,7 +32,7 @@ ROUNDS_SCHEMA = pa.schema(
         pa.field("round_seconds", pa.float64()),  # wall clock of this round at the driver
         pa.field("client_seconds", pa.float64()),  # summed local compute of the clients
         pa.field("elapsed_seconds", pa.float64()),  # wall clock since the run started
-        # ALGORITHMS 7 at the run's q and s (FSLoRA payload model): rounds factor x E[round time]
+        # docs/algorithms.md §7 at the run's q and s (FSLoRA payload model): rounds factor x E[round time]
         pa.field("objective", pa.float64()),
         pa.field("expected_round_s", pa.float64()),  # E[max_i T_i] of that objective, in s
         pa.field("rejected", pa.int32()),  # uploads left out for a NaN or inf (docs/algorithms.md §9)

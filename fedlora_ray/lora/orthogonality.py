@@ -1,7 +1,7 @@
 """Near-orthogonality of LoRA factors: SOFT's regulariser and the error we log.
 
 Penalty [seed eq. (7)]: sum over modules of ||A A^T - diag(A A^T)||_F^2 + ||B^T B - diag(B^T B)||_F^2.
-Logged error [ALGORITHMS 2; the normalisation is ours]: for each factor, the off-diagonal
+Logged error [docs/algorithms.md §2; the normalisation is ours]: for each factor, the off-diagonal
 Frobenius norm of its Gram matrix relative to the norm of its diagonal, pooled over modules.
 """
 
