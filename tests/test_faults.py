@@ -183,3 +183,26 @@ def test_a_killed_driver_restarts_and_resumes_from_its_checkpoint(ray_session, t
     assert_same_run(out, tmp_path / "serial")
     assert driver_pid() is None or driver_pid() != pid
     time.sleep(0)
+
+
+def test_replies_are_matched_to_clients_by_id(tmp_path):
+    """A backend that answers in any order is fine; one that answers for the wrong clients stops
+    the round before anything is aggregated."""
+
+    class Shuffled:
+        def __init__(self, inner, drop: bool) -> None:
+            self.inner, self.drop = inner, drop
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def train(self, global_adapter, tasks):
+            replies = list(reversed(self.inner.train(global_adapter, tasks)))
+            return replies[1:] + replies[1:2] if self.drop else replies
+
+    cfg = tiny_config("federation.rounds=2")
+    run_serial(cfg, tmp_path / "plain")
+    FederatedRun(cfg, Shuffled(SerialBackend(cfg), drop=False), tmp_path / "shuffled").run()
+    assert_same_run(tmp_path / "shuffled", tmp_path / "plain")
+    with pytest.raises(RuntimeError, match="answered for clients"):
+        FederatedRun(cfg, Shuffled(SerialBackend(cfg), drop=True), None).run()

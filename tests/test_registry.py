@@ -63,4 +63,4 @@ def test_the_round_holds_no_scheme_branch():
     found = subprocess.run(
         ["grep", "-rEn", "(kind|method) ==", "fedlora_ray"], cwd=ROOT, capture_output=True, text=True
     ).stdout.splitlines()
-    assert len(found) <= 5 and all(line.startswith("fedlora_ray/config.py") for line in found), found
+    assert len(found) <= 5 and all(line.startswith("fedlora_ray/config/") for line in found), found

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,11 +18,25 @@ import torch
 from fedlora_ray.algorithm.aggregate import covariance_term
 from fedlora_ray.algorithm.backend import Backend
 from fedlora_ray.algorithm.messages import ClientReply, ClientTask
-from fedlora_ray.algorithm.sampling import client_seed
+from fedlora_ray.algorithm.sampling import RoundWeights, client_seed
 from fedlora_ray.algorithm.server_opt import server_step
 from fedlora_ray.algorithm.state import RunContext, RunState
 from fedlora_ray.compress import apply_payload
+from fedlora_ray.control import ControllerState, RoundPlan
+from fedlora_ray.lora.adapter import Adapter
 from fedlora_ray.lora.orthogonality import orthogonality_error
+
+
+@dataclass(frozen=True)
+class RoundTiming:
+    """The round on the simulated clock (per participant, in sampled order) and the wall clock."""
+
+    shares: np.ndarray  # bandwidth share b_i
+    upload: np.ndarray  # upload time, s
+    compute: np.ndarray  # compute time, s
+    upload_delay: float  # slowest upload
+    round_delay: float  # slowest compute + upload: the clock's step
+    wall_seconds: float
 
 
 class BadUpdateError(RuntimeError):
@@ -48,7 +63,7 @@ def is_finite(reply: ClientReply) -> bool:
 
 def round_step(
     state: RunState, ctx: RunContext, backend: Backend
-) -> tuple[RunState, dict[str, Any], list[dict[str, Any]]]:  # noqa: E501
+) -> tuple[RunState, dict[str, Any], list[dict[str, Any]]]:
     cfg, fed = ctx.cfg, ctx.cfg.federation
     t = state.round + 1
     start = time.perf_counter()
@@ -62,18 +77,9 @@ def round_step(
 
     # 3. Local training through the backend: each client starts from the global adapter and its
     #    own stored state (error memory), and trains its k_i components.
-    tasks = [
-        ClientTask(
-            int(i),
-            t,
-            client_seed(fed.seed, t, int(i)),
-            ctx.partition[i],
-            state.clients.get(int(i), {}),
-            plan.keep_ratio,
-            int(ctl.components[i]),
-        )  # fmt: skip
-        for i in sampled
-    ]
+    tasks = [ClientTask(int(i), t, client_seed(fed.seed, t, int(i)), ctx.partition[i],
+                        state.clients.get(int(i), {}), plan.keep_ratio, int(ctl.components[i]))
+             for i in sampled]  # fmt: skip
     replies = match_replies(tasks, backend.train(state.adapter, tasks) if tasks else [])
 
     # 4. Screen the uploads: a NaN or inf never reaches the aggregate [docs/algorithms.md §9].
@@ -111,11 +117,23 @@ def round_step(
     controller = ctx.controller.observe(ctl, upload_delay)
     new = RunState(t, adapter, server_opt, controller, clients, state.sim_time + round_delay)
 
-    # 8. What the round did, as one row, and one row per participant.
+    # 8. What the round did: one row, and one row per participant.
+    timing = RoundTiming(shares, upload, compute, upload_delay, round_delay, time.perf_counter() - start)
+    row = round_row(new, ctx, ctl, plan, replies, kept, held, accepted, timing)
+    client_rows = participant_rows(new, ctl, plan, replies, accepted, weights, timing)
+    return new, row, client_rows
+
+
+def round_row(
+    new: RunState, ctx: RunContext, ctl: ControllerState, plan: RoundPlan, replies: list[ClientReply],
+    kept: list[ClientReply], held: list[Adapter], accepted: np.ndarray, timing: RoundTiming,
+) -> dict[str, Any]:  # fmt: skip
+    """The round's row of rounds.parquet (test columns filled in by the evaluation callback)."""
+    ids = np.array([r.client_id for r in kept], dtype=np.int64)
     data_w = ctx.data_share[ids]
-    orth_a, orth_b = orthogonality_error(adapter.lora.values())
-    row: dict[str, Any] = {
-        "round": t,
+    orth_a, orth_b = orthogonality_error(new.adapter.lora.values())
+    return {
+        "round": new.round,
         "sampled": len(replies),
         "examples": sum(r.examples for r in replies),
         "train_loss": float(sum(w * r.local_loss for w, r in zip(data_w, kept)) / data_w.sum())
@@ -129,25 +147,33 @@ def round_step(
         "keep_ratio": plan.keep_ratio,
         "queue": plan.queue,
         "bound": plan.bound,
-        "upload_delay_s": upload_delay,
-        "round_delay_s": round_delay,
+        "upload_delay_s": timing.upload_delay,
+        "round_delay_s": timing.round_delay,
         "sim_time_s": new.sim_time,
         "solve_seconds": plan.solve_seconds,
         "orth_error_a": orth_a,
         "orth_error_b": orth_b,
-        "lora_rank": cfg.model.lora_rank,
+        "lora_rank": ctx.cfg.model.lora_rank,
         "client_seconds": sum(r.train_seconds for r in replies),
         "objective": ctl.plan.objective,
         "expected_round_s": ctl.plan.expected_round_s,
         "rejected": int((~accepted).sum()),
         "retries": sum(r.attempt - 1 for r in replies),
         "diverged": False,
-        "round_seconds": time.perf_counter() - start,
+        "round_seconds": timing.wall_seconds,
     }
-    used = dict(zip(ids.tolist(), weights.values.tolist()))
-    client_rows = [
+
+
+def participant_rows(
+    new: RunState, ctl: ControllerState, plan: RoundPlan, replies: list[ClientReply], accepted: np.ndarray,
+    weights: RoundWeights, timing: RoundTiming,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """One row of clients.parquet per participant, with the weight its update entered with
+    (0 for a rejected upload)."""
+    used = dict(zip([r.client_id for r, ok in zip(replies, accepted) if ok], weights.values.tolist()))
+    return [
         {
-            "round": t,
+            "round": new.round,
             "client_id": r.client_id,
             "examples": r.examples,
             "weight": float(used.get(r.client_id, 0.0)),
@@ -160,9 +186,9 @@ def round_step(
             "train_seconds": r.train_seconds,
             "channel_gain": float(plan.gain[j]),
             "snr_db": float(10 * np.log10(plan.snr[j])),
-            "bandwidth_share": float(shares[j]),
-            "upload_s": float(upload[j]),
-            "compute_s": float(compute[j]),
+            "bandwidth_share": float(timing.shares[j]),
+            "upload_s": float(timing.upload[j]),
+            "compute_s": float(timing.compute[j]),
             "sample_prob": float(ctl.q[r.client_id]),
             "components": int(ctl.components[r.client_id]),
             "rejected": not bool(accepted[j]),
@@ -170,4 +196,3 @@ def round_step(
         }
         for j, r in enumerate(replies)
     ]
-    return new, row, client_rows

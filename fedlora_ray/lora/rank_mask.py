@@ -2,8 +2,8 @@
 
 peft computes lora_B(lora_A(x)); a forward pre-hook on lora_B multiplies the r-dimensional
 intermediate A x by s. A component j with s_j = 0 drops out of the forward, so B[:, j] and A[j, :]
-get exactly zero gradient. FSLoRA's sketch is s = (r / k) 1_I [FSLoRA; docs/algorithms.md §6]; HetLoRA's truncation
-is s = 1_{j < r_i}.
+get exactly zero gradient. FSLoRA's sketch is s = (r / k) 1_I [FSLoRA; docs/algorithms.md §6];
+HetLoRA's truncation is s = 1_{j < r_i}.
 """
 
 from __future__ import annotations

@@ -1,0 +1,58 @@
+"""One tree of frozen dataclasses for a run: YAML plus ``--set a.b=value`` overrides, validated.
+
+Every field carries help text and, where it has one, its allowed range in ``metadata``; the
+loader rejects unknown keys, wrong types and out-of-range values with a message that names the
+field, the value and what is allowed, before any work starts.
+"""
+
+from fedlora_ray.config.fields import (
+    WORDNET_NOUN_CATEGORIES,
+    AlgorithmConfig,
+    ChannelConfig,
+    CheckpointConfig,
+    CompressionConfig,
+    ConfigError,
+    ControllerConfig,
+    DataConfig,
+    FederationConfig,
+    LogConfig,
+    ModelConfig,
+    RunConfig,
+    RuntimeConfig,
+    SamplingConfig,
+    fld,
+)
+from fedlora_ray.config.loading import (
+    help_table,
+    load_config,
+    parse_override,
+    replace,
+    validate,
+    validate_ratios,
+    yaml_error_text,
+)
+
+__all__ = [
+    "AlgorithmConfig",
+    "ChannelConfig",
+    "CheckpointConfig",
+    "CompressionConfig",
+    "ConfigError",
+    "ControllerConfig",
+    "DataConfig",
+    "FederationConfig",
+    "LogConfig",
+    "ModelConfig",
+    "RunConfig",
+    "RuntimeConfig",
+    "SamplingConfig",
+    "WORDNET_NOUN_CATEGORIES",
+    "fld",
+    "help_table",
+    "load_config",
+    "parse_override",
+    "replace",
+    "validate",
+    "validate_ratios",
+    "yaml_error_text",
+]
