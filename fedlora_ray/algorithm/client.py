@@ -16,6 +16,7 @@ import torch
 
 from fedlora_ray.algorithm.messages import ClientReply, ClientTask
 from fedlora_ray.algorithm.schemes import make_scheme
+from fedlora_ray.algorithm.schemes.base import LocalUpdate
 from fedlora_ray.config import RunConfig
 from fedlora_ray.data import load_wordnet
 from fedlora_ray.lora import Adapter, build_model, get_adapter, load_tokenizer, set_adapter
@@ -107,7 +108,9 @@ class ClientTrainer:
                 m: (b - global_adapter.lora[m][0], a - global_adapter.lora[m][1])
                 for m, (b, a) in local.lora.items()
             }
-            sent, state = scheme.upload(delta, local.lora, components, task.keep_ratio, task.state, task.seed)
+            sent, state = scheme.upload(
+                LocalUpdate(delta, local.lora, components, task.keep_ratio, task.state, task.seed)
+            )
             head_entries = sum(t.numel() for t in local.head.values())
             replies.append(
                 ClientReply(

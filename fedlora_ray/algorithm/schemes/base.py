@@ -13,6 +13,7 @@ name from then on.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -21,10 +22,23 @@ import torch
 from fedlora_ray.algorithm.aggregate import aggregate_update
 from fedlora_ray.algorithm.sampling import RoundWeights
 from fedlora_ray.compress import Compressed
-from fedlora_ray.config import ConfigError, RunConfig
+from fedlora_ray.config import ConfigError, RunConfig, validate_ratios
 from fedlora_ray.lora.adapter import Adapter
 
 Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class LocalUpdate:
+    """What a client's local round produced, for its scheme to turn into an upload."""
+
+    delta: Factors  # X_local - X_global per module
+    local: Factors  # the locally trained factors
+    components: dict[str, torch.Tensor] | None  # the rank components trained per module (None: all)
+    keep_ratio: float | None  # the round's rho from the controller (None: the config's)
+    state: dict[str, Any]  # the client's stored state (error memory)
+    seed: int  # the client's round seed
+
 
 _RATIO_STREAM = 6  # each client's ratio k_i / r is drawn from its own stream of the run seed
 
@@ -88,16 +102,8 @@ class Scheme:
             out[m] = s
         return out
 
-    def upload(
-        self,
-        delta: Factors,
-        local: Factors,
-        components: dict[str, torch.Tensor] | None,
-        keep_ratio: float | None,
-        state: dict[str, Any],
-        seed: int,
-    ) -> tuple[Compressed, dict[str, Any]]:
-        """(what the client sends of its local change ``delta``, its new persistent state)."""
+    def upload(self, update: LocalUpdate) -> tuple[Compressed, dict[str, Any]]:
+        """(what the client sends of its local change, its new persistent state)."""
         raise NotImplementedError
 
     # ---- the server
@@ -115,6 +121,19 @@ class Scheme:
         not send equal X, so they add nothing (for FSLoRA this is sum_i w_i M_i * (X_i - X)).
         ``components`` holds each uploader's k_i."""
         return aggregate_update(global_adapter, uploads, weights.values.tolist())
+
+
+class RatioScheme(Scheme):
+    """A scheme whose clients train k_i = s_i r of the r components, s_i drawn once per client
+    from ``algorithm.client_ratios`` [docs/algorithms.md §6]."""
+
+    @classmethod
+    def validate(cls, cfg: RunConfig) -> None:
+        super().validate(cfg)
+        validate_ratios("algorithm.client_ratios", cfg.algorithm.client_ratios, cfg.model.lora_rank)
+
+    def client_ratios(self, num_clients: int, seed: int) -> np.ndarray:
+        return draw_client_ratios(seed, num_clients, self.cfg.algorithm.client_ratios)
 
 
 SCHEMES: dict[str, type[Scheme]] = {}

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from fedlora_ray.algorithm.schemes.base import Factors, Scheme, register_scheme
+from fedlora_ray.algorithm.schemes.base import LocalUpdate, Scheme, register_scheme
 from fedlora_ray.compress import Compressed, compensate, compressor, residual
 from fedlora_ray.config import RunConfig
 
@@ -42,18 +42,12 @@ class FedAvg(Scheme):
     def components(self, seed: int, modules: Sequence[str], k: int | None) -> dict[str, torch.Tensor] | None:
         return None
 
-    def upload(
-        self,
-        delta: Factors,
-        local: Factors,
-        components: dict[str, torch.Tensor] | None,
-        keep_ratio: float | None,
-        state: dict[str, Any],
-        seed: int,
-    ) -> tuple[Compressed, dict[str, Any]]:
+    def upload(self, update: LocalUpdate) -> tuple[Compressed, dict[str, Any]]:
         comp = self.cfg.compression
-        update = compensate(delta, state.get("error") if self.keeps_client_state else None)
-        gen = torch.Generator().manual_seed(seed ^ _COMPRESSOR_STREAM)
-        round_cfg = comp if keep_ratio is None else dataclasses.replace(comp, keep_ratio=keep_ratio)
-        sent = self.compressor.compress(update, local, round_cfg, gen)
-        return sent, ({"error": residual(update, sent)} if self.keeps_client_state else {})
+        memory = update.state.get("error") if self.keeps_client_state else None
+        compensated = compensate(update.delta, memory)
+        gen = torch.Generator().manual_seed(update.seed ^ _COMPRESSOR_STREAM)
+        ratio = update.keep_ratio
+        round_cfg = comp if ratio is None else dataclasses.replace(comp, keep_ratio=ratio)
+        sent = self.compressor.compress(compensated, update.local, round_cfg, gen)
+        return sent, ({"error": residual(compensated, sent)} if self.keeps_client_state else {})

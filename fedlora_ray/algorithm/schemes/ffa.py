@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from fedlora_ray.algorithm.schemes.base import Factors, Scheme, register_scheme
+from fedlora_ray.algorithm.schemes.base import LocalUpdate, Scheme, register_scheme
 from fedlora_ray.compress import Compressed, ModulePayload
 from fedlora_ray.compress.bits import payload_bits
 
@@ -17,20 +17,12 @@ class FFA(Scheme):
     name = "ffa"
     trains_a = False
 
-    def upload(
-        self,
-        delta: Factors,
-        local: Factors,
-        components: dict[str, torch.Tensor] | None,
-        keep_ratio: float | None,
-        state: dict[str, Any],
-        seed: int,
-    ) -> tuple[Compressed, dict[str, Any]]:
+    def upload(self, update: LocalUpdate) -> tuple[Compressed, dict[str, Any]]:
         """All of B's update, d r values with no positions (it is B's block of [vec(B); vec(A)])."""
         value_bits = self.cfg.compression.value_bits
         payload: dict[str, ModulePayload] = {}
         kept = bits = 0
-        for m, (ub, _ua) in delta.items():
+        for m, (ub, _ua) in update.delta.items():
             idx = torch.arange(ub.numel())
             payload[m] = ModulePayload(idx, ub.reshape(-1).clone())
             kept += idx.numel()

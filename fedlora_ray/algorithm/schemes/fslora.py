@@ -12,13 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
-from fedlora_ray.algorithm.schemes.base import Factors, Scheme, draw_client_ratios, register_scheme
+from fedlora_ray.algorithm.schemes.base import LocalUpdate, RatioScheme, register_scheme
 from fedlora_ray.algorithm.schemes.structured import component_upload
 from fedlora_ray.compress import Compressed
-from fedlora_ray.config import RunConfig, validate_ratios
 
 _SKETCH_STREAM = 0x5CE7C4  # the sketch draws from its own stream of the client's round seed
 
@@ -31,16 +29,8 @@ def sketch_components(seed: int, modules: Sequence[str], rank: int, k: int) -> d
 
 
 @register_scheme
-class FSLoRA(Scheme):
+class FSLoRA(RatioScheme):
     name = "fslora"
-
-    @classmethod
-    def validate(cls, cfg: RunConfig) -> None:
-        super().validate(cfg)
-        validate_ratios("algorithm.client_ratios", cfg.algorithm.client_ratios, cfg.model.lora_rank)
-
-    def client_ratios(self, num_clients: int, seed: int) -> np.ndarray:
-        return draw_client_ratios(seed, num_clients, self.cfg.algorithm.client_ratios)
 
     def components(self, seed: int, modules: Sequence[str], k: int | None) -> dict[str, torch.Tensor] | None:
         return sketch_components(seed, modules, self.rank, self.rank if k is None else k)
@@ -53,14 +43,8 @@ class FSLoRA(Scheme):
             out[m] = s
         return out
 
-    def upload(
-        self,
-        delta: Factors,
-        local: Factors,
-        components: dict[str, torch.Tensor] | None,
-        keep_ratio: float | None,
-        state: dict[str, Any],
-        seed: int,
-    ) -> tuple[Compressed, dict[str, Any]]:
-        assert components is not None
-        return component_upload(delta, components, self.cfg.compression.value_bits, indexed=True), {}
+    def upload(self, update: LocalUpdate) -> tuple[Compressed, dict[str, Any]]:
+        assert update.components is not None
+        return component_upload(
+            update.delta, update.components, self.cfg.compression.value_bits, indexed=True
+        ), {}

@@ -20,39 +20,24 @@ import torch
 
 from fedlora_ray.algorithm.aggregate import aggregate_update, hetlora_target, zero_pad
 from fedlora_ray.algorithm.sampling import RoundWeights
-from fedlora_ray.algorithm.schemes.base import Factors, Scheme, draw_client_ratios, register_scheme
+from fedlora_ray.algorithm.schemes.base import LocalUpdate, RatioScheme, register_scheme
 from fedlora_ray.algorithm.schemes.structured import component_upload
 from fedlora_ray.compress import Compressed
-from fedlora_ray.config import RunConfig, validate_ratios
 from fedlora_ray.lora.adapter import Adapter
 
 
 @register_scheme
-class HetLoRA(Scheme):
+class HetLoRA(RatioScheme):
     name = "hetlora"
-
-    @classmethod
-    def validate(cls, cfg: RunConfig) -> None:
-        super().validate(cfg)
-        validate_ratios("algorithm.client_ratios", cfg.algorithm.client_ratios, cfg.model.lora_rank)
-
-    def client_ratios(self, num_clients: int, seed: int) -> np.ndarray:
-        return draw_client_ratios(seed, num_clients, self.cfg.algorithm.client_ratios)
 
     def components(self, seed: int, modules: Sequence[str], k: int | None) -> dict[str, torch.Tensor] | None:
         return {m: torch.arange(self.rank if k is None else k) for m in modules}
 
-    def upload(
-        self,
-        delta: Factors,
-        local: Factors,
-        components: dict[str, torch.Tensor] | None,
-        keep_ratio: float | None,
-        state: dict[str, Any],
-        seed: int,
-    ) -> tuple[Compressed, dict[str, Any]]:
-        assert components is not None
-        return component_upload(delta, components, self.cfg.compression.value_bits, indexed=False), {}
+    def upload(self, update: LocalUpdate) -> tuple[Compressed, dict[str, Any]]:
+        assert update.components is not None
+        return component_upload(
+            update.delta, update.components, self.cfg.compression.value_bits, indexed=False
+        ), {}
 
     def held(self, upload: Adapter, components: int) -> Adapter:
         """The server pads the truncated factors with zeros: B[:, r_i:] and A[r_i:, :] are 0."""
