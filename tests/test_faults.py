@@ -162,8 +162,9 @@ def test_a_killed_driver_restarts_and_resumes_from_its_checkpoint(ray_session, t
 
     from actors.launch import run_on_ray
 
-    run_serial(tiny_config(*SLOW, "federation.rounds=4"), tmp_path / "serial")
-    cfg = tiny_config(*SLOW, "federation.rounds=4", "runtime.backend=ray", "runtime.num_actors=1",
+    steady = [*SLOW, "federation.rounds=4", "federation.local_epochs=10"]
+    run_serial(tiny_config(*steady), tmp_path / "serial")
+    cfg = tiny_config(*steady, "runtime.backend=ray", "runtime.num_actors=1",
                       "runtime.driver_restarts=1")  # fmt: skip
     out = tmp_path / "ray"
     result: dict = {}
