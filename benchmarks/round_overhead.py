@@ -44,7 +44,7 @@ from fedlora_ray.config import RunConfig, load_config  # noqa: E402
 from fedlora_ray.data import load_wordnet, partition_indices  # noqa: E402
 from fedlora_ray.lora import build_model, load_tokenizer  # noqa: E402
 from fedlora_ray.simulate import SerialBackend  # noqa: E402
-from fedlora_ray.train import tokenize  # noqa: E402
+from fedlora_ray.tasks.bert import tokenize  # noqa: E402
 
 
 class BareLoop:
@@ -81,7 +81,7 @@ class BareLoop:
             for _ in range(fed.local_epochs):
                 order = idx[torch.randperm(len(idx), generator=gen)]
                 for s in range(0, len(order), fed.batch_size):
-                    ids, mask, y = self.data.batch(order[s : s + fed.batch_size], torch.device("cpu"))
+                    (ids, mask), y = self.data.batch(order[s : s + fed.batch_size], torch.device("cpu"))
                     loss = F.cross_entropy(model(ids, mask), y)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()

@@ -65,7 +65,8 @@ def load_classifier(run_dir: str | Path, device: str | torch.device = "cpu") -> 
     from safetensors.torch import load_file
 
     from fedlora_ray.lora.adapter import lora_parameters
-    from fedlora_ray.lora.model import build_model, load_tokenizer
+    from fedlora_ray.lora.model import TextClassifier, load_tokenizer
+    from fedlora_ray.tasks import model_family
 
     run_dir = Path(run_dir)
     adapter_dir = run_dir / "adapter"
@@ -81,7 +82,9 @@ def load_classifier(run_dir: str | Path, device: str | torch.device = "cpu") -> 
     cfg = load_config(None, base=json.loads(config_file.read_text()))
     labels = tuple(json.loads((adapter_dir / "labels.json").read_text()))
 
-    model = build_model(cfg.model, len(labels), cfg.federation.seed)
+    model = model_family(cfg.model.name).build(cfg.model, len(labels), cfg.federation.seed)
+    if not isinstance(model, TextClassifier):  # predict() takes texts
+        raise ValueError(f"load_classifier reads text classifiers; model.name={cfg.model.name!r} is not one")
     # peft's own loader: the saved keys read base_model.model.<module>.lora_{A,B}.weight
     state = load_file(str(weights))
     result = set_peft_model_state_dict(model.encoder, state)

@@ -22,10 +22,11 @@ def check_run(cfg: RunConfig) -> None:
 
 def check_model(cfg: RunConfig) -> None:
     """model.target_modules name linear modules of the base model, and the LoRA rank fits them."""
-    from fedlora_ray.lora.model import linear_modules, targets
+    from fedlora_ray.lora.model import targets
+    from fedlora_ray.tasks import model_family
 
     model = cfg.model
-    modules = linear_modules(model)
+    modules = model_family(model.name).linear_modules(model)
     targeted = {name: dk for name, dk in modules.items() if targets(name, model.target_modules)}
     for i, t in enumerate(model.target_modules):
         if not any(targets(name, (t,)) for name in modules):
@@ -58,11 +59,12 @@ def check_model(cfg: RunConfig) -> None:
 
 def check_data(cfg: RunConfig) -> None:
     """The training split has examples for every client, under the configured partition."""
-    from fedlora_ray.data import load_wordnet, partition_indices
+    from fedlora_ray.data import partition_indices
+    from fedlora_ray.tasks import load_splits
 
     fed, data = cfg.federation, cfg.data
     try:
-        train, _ = load_wordnet(data)
+        train, _ = load_splits(data)
     except ValueError as err:  # a category with no more glosses than data.test_per_class
         raise ConfigError(f"config field 'data.test_per_class' = {data.test_per_class}: {err}") from None
     if fed.num_clients > len(train):

@@ -1,4 +1,4 @@
-"""One client's local training and the test-set evaluation: plain loops over tokenised tensors."""
+"""One client's local training and the test-set evaluation: plain loops over prepared batches."""
 
 from __future__ import annotations
 
@@ -11,35 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedlora_ray.lora.orthogonality import orthogonal_penalty
-
-
-@dataclass(frozen=True)
-class Tokenized:
-    """A dataset tokenised once, padded to ``max_length``; batches are trimmed to their
-    longest example, so short glosses cost little."""
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    labels: torch.Tensor
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-    def batch(self, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, ...]:
-        mask = self.attention_mask[idx]
-        width = int(mask.sum(1).max())
-        return (
-            self.input_ids[idx, :width].to(device, non_blocking=True),
-            mask[:, :width].to(device, non_blocking=True),
-            self.labels[idx].to(device, non_blocking=True),
-        )
-
-
-def tokenize(tokenizer, texts: tuple[str, ...], labels: np.ndarray, max_length: int) -> Tokenized:  # type: ignore[no-untyped-def]
-    enc = tokenizer(
-        list(texts), padding="max_length", truncation=True, max_length=max_length, return_tensors="pt"
-    )
-    return Tokenized(enc["input_ids"], enc["attention_mask"], torch.tensor(labels, dtype=torch.long))
+from fedlora_ray.tasks.base import Batches
 
 
 @dataclass(frozen=True)
@@ -50,7 +22,7 @@ class LocalResult:
 
 def train_local(
     model: nn.Module,
-    data: Tokenized,
+    data: Batches,
     indices: np.ndarray,
     *,
     epochs: int,
@@ -77,8 +49,8 @@ def train_local(
     for _ in range(epochs):
         order = idx_all[torch.randperm(len(idx_all), generator=gen)]
         for start in range(0, len(order), batch_size):
-            ids, mask, y = data.batch(order[start : start + batch_size], device)
-            loss = F.cross_entropy(model(ids, mask), y)
+            inputs, y = data.batch(order[start : start + batch_size], device)
+            loss = F.cross_entropy(model(*inputs), y)
             objective = (
                 loss + lambda_o * orthogonal_penalty(lora_pairs) if lambda_o > 0 and lora_pairs else loss
             )
@@ -126,19 +98,19 @@ class EvalResult:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, data: Tokenized, batch_size: int, device: torch.device, part: int = 0, parts: int = 1
+    model: nn.Module, data: Batches, batch_size: int, device: torch.device, part: int = 0, parts: int = 1
 ) -> EvalResult:
     """Loss and correct count of every ``parts``-th batch of the whole split, from ``part``.
     Examples are taken in length order so batches carry little padding; the batches are cut
     the same way whatever ``parts`` is."""
     model.eval()
-    idx = torch.argsort(data.attention_mask.sum(1), stable=True)
+    idx = data.eval_order()
     out = []
     for b, start in enumerate(range(0, len(idx), batch_size)):
         if b % parts != part:
             continue
-        ids, mask, y = data.batch(idx[start : start + batch_size], device)
-        logits = model(ids, mask)
+        inputs, y = data.batch(idx[start : start + batch_size], device)
+        logits = model(*inputs)
         loss = float(F.cross_entropy(logits, y, reduction="sum"))
         out.append((b, loss, int((logits.argmax(-1) == y).sum()), len(y)))
     return EvalResult(tuple(out))

@@ -105,7 +105,7 @@ def test_load_classifier_from_a_run_directory(tmp_path):
     from fedlora_ray import load_classifier
     from fedlora_ray.data import load_wordnet
     from fedlora_ray.simulate import run_serial
-    from fedlora_ray.train import tokenize
+    from fedlora_ray.tasks.bert import tokenize
 
     cfg = tiny_config("federation.rounds=2")
     run_dir = tmp_path / "run"

@@ -1,6 +1,6 @@
 """The client side of a round: one resident base model that trains many clients in turn.
 
-A ``ClientTrainer`` builds the model and tokenises the data once; per client it only loads
+A ``ClientTrainer`` builds the model and prepares the data once; per client it only loads
 the global adapter, trains and copies the result out. Both backends use it: the serial
 backend holds one, every Ray client actor holds one.
 """
@@ -18,11 +18,11 @@ from fedlora_ray.algorithm.messages import ClientReply, ClientTask
 from fedlora_ray.algorithm.schemes import make_scheme
 from fedlora_ray.algorithm.schemes.base import LocalUpdate
 from fedlora_ray.config import RunConfig
-from fedlora_ray.data import load_wordnet
-from fedlora_ray.lora import Adapter, build_model, get_adapter, load_tokenizer, set_adapter
+from fedlora_ray.lora import Adapter, get_adapter, set_adapter
 from fedlora_ray.lora.adapter import lora_parameters
 from fedlora_ray.lora.rank_mask import lora_b_modules, rank_mask
-from fedlora_ray.train import EvalResult, evaluate, tokenize, train_local
+from fedlora_ray.tasks import load_splits, model_family
+from fedlora_ray.train import EvalResult, evaluate, train_local
 
 
 def restore_outside(params: dict[str, tuple[torch.nn.Parameter, torch.nn.Parameter]], global_lora: Adapter,
@@ -45,11 +45,11 @@ class ClientTrainer:
         self.cfg = cfg
         self.device = torch.device(device)
         self.actor_id = actor_id
-        train, test = load_wordnet(cfg.data)
-        tokenizer = load_tokenizer(cfg.model)
-        self.train_data = tokenize(tokenizer, train.texts, train.labels, cfg.model.max_length)
-        self.test_data = tokenize(tokenizer, test.texts, test.labels, cfg.model.max_length)
-        self.model = build_model(cfg.model, len(train.label_names), cfg.federation.seed).to(self.device)
+        train, test = load_splits(cfg.data)
+        family = model_family(cfg.model.name)
+        self.train_data = family.prepare(cfg.model, train)  # once per actor, shared by its clients
+        self.test_data = family.prepare(cfg.model, test)
+        self.model = family.build(cfg.model, len(train.label_names), cfg.federation.seed).to(self.device)
         self._initial = get_adapter(self.model)
         self._lora_params = lora_parameters(self.model)
         self._lora_pairs = list(self._lora_params.values())

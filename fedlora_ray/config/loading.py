@@ -160,9 +160,12 @@ def _validate_schemes(cfg: RunConfig) -> None:
     from fedlora_ray.algorithm.schemes import SCHEMES, scheme_class
     from fedlora_ray.compress import COMPRESSORS, compressor
     from fedlora_ray.control import CONTROLLERS, controller_class
+    from fedlora_ray.tasks import DATASETS, MODELS, dataset_modality, model_family
 
     alg, ctl, samp = cfg.algorithm, cfg.controller, cfg.sampling
     for path, name, table, lookup in (
+        ("data.dataset", cfg.data.dataset, DATASETS, dataset_modality),
+        ("model.name", cfg.model.name, MODELS, model_family),
         ("algorithm.kind", alg.kind, SCHEMES, scheme_class),
         ("compression.method", cfg.compression.method, COMPRESSORS, compressor),
         ("controller.kind", ctl.kind, CONTROLLERS, controller_class),
@@ -172,6 +175,12 @@ def _validate_schemes(cfg: RunConfig) -> None:
         except KeyError:
             allowed = ", ".join(repr(n) for n in table)
             raise ConfigError(f"config field '{path}' = {name!r}: allowed values are {allowed}") from None
+    takes, holds = model_family(cfg.model.name).modality, dataset_modality(cfg.data.dataset)
+    if takes != holds:
+        raise ConfigError(
+            f"config field 'model.name' = {cfg.model.name!r}: a {takes} model cannot train on "
+            f"data.dataset = {cfg.data.dataset!r}, which holds {holds}"
+        )
     scheme_class(alg.kind).validate(cfg)
     controller_class(ctl.kind).validate(cfg)
     if samp.q_min > samp.q_max:

@@ -19,24 +19,23 @@ from fedlora_ray.config import RunConfig, replace
 
 
 def pilot_calibration(cfg: RunConfig) -> dict[str, Any]:
-    from fedlora_ray.data import load_wordnet
-    from fedlora_ray.lora import build_model, load_tokenizer
     from fedlora_ray.lora.adapter import lora_parameters
-    from fedlora_ray.train import tokenize
+    from fedlora_ray.tasks import load_splits, model_family
 
     rank = cfg.controller.max_rank
     pilot = replace(cfg, f"model.lora_rank={rank}", f"model.lora_alpha={2 * rank}")
-    train, _ = load_wordnet(pilot.data)
-    data = tokenize(load_tokenizer(pilot.model), train.texts, train.labels, pilot.model.max_length)
-    model = build_model(pilot.model, len(train.label_names), pilot.federation.seed)
+    train, _ = load_splits(pilot.data)
+    family = model_family(pilot.model.name)
+    data = family.prepare(pilot.model, train)
+    model = family.build(pilot.model, len(train.label_names), pilot.federation.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=pilot.federation.lr, weight_decay=pilot.federation.weight_decay)
     gen = torch.Generator().manual_seed(pilot.federation.seed)
     model.train()
     for _ in range(cfg.controller.calibrate_steps):
         idx = torch.randint(len(data), (pilot.federation.batch_size,), generator=gen)
-        ids, mask, y = data.batch(idx, torch.device("cpu"))
-        loss = F.cross_entropy(model(ids, mask), y)
+        inputs, y = data.batch(idx, torch.device("cpu"))
+        loss = F.cross_entropy(model(*inputs), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

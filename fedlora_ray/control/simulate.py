@@ -20,7 +20,7 @@ from fedlora_ray.control.base import ControllerState, make_controller
 
 def simulate_uplink(cfg: RunConfig, rounds: int, dims: list[tuple[int, int]] | None = None) -> pd.DataFrame:
     """One row per round: rank, keep ratio, queue, delays, simulated time, bound, solve time."""
-    from fedlora_ray.lora.model import lora_module_dims
+    from fedlora_ray.tasks import lora_module_dims
 
     # the payload model below is the sparsifiers' one, with K clients a round and no compute time
     if (

@@ -48,7 +48,7 @@ class TSFA(OSFA):
     @classmethod
     def prepare(cls, cfg: RunConfig, run_dir: str | Path | None = None) -> RunConfig:
         """The config with model.lora_rank set to the offline r*."""
-        from fedlora_ray.lora.model import lora_module_dims
+        from fedlora_ray.tasks import lora_module_dims
 
         if cfg.controller.calibrate:
             from fedlora_ray.control.calibrate import pilot_calibration

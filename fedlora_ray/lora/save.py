@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 from fedlora_ray.config import ModelConfig
 from fedlora_ray.lora.adapter import Adapter
-from fedlora_ray.lora.model import base_model_id, lora_config
+from fedlora_ray.lora.model import lora_config
 
 _PEFT_SAVE_PREFIX = "base_model.model."
 
@@ -27,7 +27,9 @@ def save_adapter(adapter: Adapter, cfg: ModelConfig, label_names: tuple[str, ...
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     peft_cfg = lora_config(cfg)
-    peft_cfg.base_model_name_or_path = base_model_id(cfg)
+    from fedlora_ray.tasks import model_family  # tasks build on lora: import when used
+
+    peft_cfg.base_model_name_or_path = model_family(cfg.name).hub_id(cfg)
     peft_cfg.save_pretrained(str(tmp))
     tensors = {}
     for module, (b, a) in adapter.lora.items():

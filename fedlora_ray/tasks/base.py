@@ -1,0 +1,123 @@
+"""What a task is: a dataset loader and a model family, each looked up by name.
+
+- A dataset loader (``data.dataset``) returns the train and test ``Split``: labels and label
+  names, which the driver's partitioner needs, and the raw examples, which only the client
+  actors prepare.
+- A model family (``model.name``) builds the frozen base with LoRA and a head, prepares a split
+  once per actor (tokenises text, keeps images as uint8) into ``Batches`` that cut and move a
+  batch to the device, and names its LoRA modules and its base model.
+The round and the client trainer see only these interfaces. A new task is one module that
+calls ``register_dataset`` and/or ``register_model``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedlora_ray.config import DataConfig, ModelConfig
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split of a dataset. ``labels`` are read-only integers, ``label_names[y]`` names label
+    ``y``; ``examples`` are what the model family prepares (texts, or images)."""
+
+    labels: np.ndarray
+    label_names: tuple[str, ...]
+    examples: Any
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+class Batches(Protocol):
+    """A split prepared for one model: batches cut by example index and moved to a device."""
+
+    def __len__(self) -> int: ...
+
+    def batch(self, idx: torch.Tensor, device: torch.device) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """(the model's inputs, the labels) of the examples ``idx``."""
+        ...
+
+    def eval_order(self) -> torch.Tensor:
+        """All example indices in the order evaluation cuts its batches (e.g. by length)."""
+        ...
+
+
+class ModelFamily:
+    """How one family of base models is built, fed and named."""
+
+    modality: ClassVar[str] = ""  # the kind of examples it takes: "text" or "image"
+
+    def build(self, cfg: ModelConfig, num_labels: int, seed: int) -> nn.Module:
+        """The frozen base with LoRA on ``cfg.target_modules`` and a head; seeded, so every
+        process that builds it from the same (cfg, seed) holds the same initial adapter."""
+        raise NotImplementedError
+
+    def prepare(self, cfg: ModelConfig, split: Split) -> Batches:
+        raise NotImplementedError
+
+    def linear_modules(self, cfg: ModelConfig) -> dict[str, tuple[int, int]]:
+        """Every linear module of the base model: full name -> (out, in) features, read without
+        loading weights."""
+        raise NotImplementedError
+
+    def hub_id(self, cfg: ModelConfig) -> str:
+        """What ``adapter_config.json`` records as the base model."""
+        raise NotImplementedError
+
+
+DatasetLoader = Callable[[DataConfig], tuple[Split, Split]]
+DATASETS: dict[str, tuple[str, DatasetLoader]] = {}  # name -> (modality, loader)
+MODELS: dict[str, ModelFamily] = {}
+
+
+def register_dataset(name: str, modality: str) -> Callable[[DatasetLoader], DatasetLoader]:
+    """Decorator: make ``data.dataset: name`` load with the decorated function."""
+
+    def add(loader: DatasetLoader) -> DatasetLoader:
+        DATASETS[name] = (modality, loader)
+        return loader
+
+    return add
+
+
+def register_model(name: str, family: ModelFamily) -> ModelFamily:
+    """Make ``model.name: name`` build with ``family``."""
+    MODELS[name] = family
+    return family
+
+
+def _builtin() -> None:
+    import fedlora_ray.tasks.builtin  # noqa: F401  (registers the built-in datasets and models)
+
+
+def dataset_modality(name: str) -> str:
+    _builtin()
+    return DATASETS[name][0]
+
+
+def load_splits(cfg: DataConfig) -> tuple[Split, Split]:
+    """The (train, test) splits of ``data.dataset``."""
+    _builtin()
+    return DATASETS[cfg.dataset][1](cfg)
+
+
+def model_family(name: str) -> ModelFamily:
+    _builtin()
+    return MODELS[name]
+
+
+def lora_module_dims(cfg: ModelConfig) -> list[tuple[int, int]]:
+    """(d, k) = (out, in) features of every module LoRA targets, read without loading weights,
+    so the offline stage can size ranks before any model exists."""
+    from fedlora_ray.lora.model import targets
+
+    modules = model_family(cfg.name).linear_modules(cfg)
+    return [dk for name, dk in modules.items() if targets(name, cfg.target_modules)]

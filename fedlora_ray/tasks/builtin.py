@@ -1,0 +1,3 @@
+"""Registers the built-in tasks: importing this module fills ``DATASETS`` and ``MODELS``."""
+
+from fedlora_ray.tasks import bert, wordnet  # noqa: F401
