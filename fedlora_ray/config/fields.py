@@ -66,6 +66,22 @@ class ModelConfig:
     )
     tiny_hidden: int = fld(64, "Hidden size of the 'tiny' model.", ge=8, le=1024)
     tiny_layers: int = fld(2, "Layers of the 'tiny' model.", ge=1, le=24)
+    weights: str = fld(
+        "",
+        "Pretrained weights of the base model: a local file or folder, or a hub id where the "
+        "machine has internet; empty uses the family's default (where it has one).",
+    )
+    allow_random_init: bool = fld(
+        False,
+        "Build the base model with random weights when no weights are given (for speed "
+        "benchmarks only; written into config.json like every field).",
+    )
+    lora_blocks: tuple[int, ...] = fld(
+        (0, 3, 6, 9),
+        "Vision transformers: the blocks whose attention gets LoRA (paper V).",
+    )
+    lora_on_proj: bool = fld(False, "Vision transformers: LoRA on the attention output 'proj' too.")
+    image_size: int = fld(0, "Images are resized to this on the device; 0 uses the model's own size.", ge=0)
 
 
 @dataclass(frozen=True)
@@ -96,6 +112,18 @@ class DataConfig:
     )
     shards_per_client: int = fld(2, "Shards per client for partition=shards.", ge=1)
     dirichlet_alpha: float = fld(0.5, "Concentration for partition=dirichlet.", gt=0)
+    root: str = fld(
+        "",
+        "Folder holding the dataset's files (cifar-100-python/, the AG News CSV pair, ...); "
+        "empty uses the dataset's default place.",
+    )
+    download: bool = fld(
+        False, "Fetch the dataset when data.root lacks it (needs internet; says from where)."
+    )
+    coarse_labels: bool = fld(False, "CIFAR-100: the 20 coarse superclasses instead of the 100 fine labels.")
+    train_per_class: int = fld(
+        0, "Datasets with fixed splits: at most this many training examples per class (0: all).", ge=0
+    )
 
 
 @dataclass(frozen=True)
