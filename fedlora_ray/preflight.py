@@ -26,15 +26,23 @@ def check_model(cfg: RunConfig) -> None:
     from fedlora_ray.tasks import model_family
 
     model = cfg.model
-    modules = model_family(model.name).linear_modules(model)
-    targeted = {name: dk for name, dk in modules.items() if targets(name, model.target_modules)}
-    for i, t in enumerate(model.target_modules):
+    family = model_family(model.name)
+    modules = family.linear_modules(model)
+    wanted = family.lora_targets(model)
+    targeted = {name: dk for name, dk in modules.items() if targets(name, wanted)}
+    for i, t in enumerate(wanted):
         if not any(targets(name, (t,)) for name in modules):
             short = list(dict.fromkeys(name.rsplit(".", 1)[-1] for name in modules))
             allowed = ", ".join(repr(n) for n in short[:_MAX_LISTED])
             example = next(iter(modules))
+            field = family.targets_field
+            where = (
+                f"config field '{field}[{i}]' ="
+                if field == "model.target_modules"
+                else (f"config field '{field}' gives the LoRA target")
+            )
             raise ConfigError(
-                f"config field 'model.target_modules[{i}]' = {t!r}: no linear module of the "
+                f"{where} {t!r}: no linear module of the "
                 f"{model.name!r} base model has that name; allowed are its linear modules' names, "
                 f"{allowed}{', ...' if len(short) > _MAX_LISTED else ''} (or a dotted tail of a "
                 f"full name such as {example!r})"
@@ -49,7 +57,7 @@ def check_model(cfg: RunConfig) -> None:
     else:
         field, rank = "model.lora_rank", model.lora_rank
     if rank > limit:
-        names = ", ".join(repr(t) for t in model.target_modules)
+        names = ", ".join(repr(t) for t in wanted)
         raise ConfigError(
             f"config field '{field}' = {rank}: must be <= {limit}, the smallest dimension "
             f"(min of in and out features) of the targeted modules {names} of the "

@@ -54,6 +54,7 @@ class ModelFamily:
     """How one family of base models is built, fed and named."""
 
     modality: ClassVar[str] = ""  # the kind of examples it takes: "text" or "image"
+    targets_field: ClassVar[str] = "model.target_modules"  # the config field ``lora_targets`` reads
 
     def build(self, cfg: ModelConfig, num_labels: int, seed: int) -> nn.Module:
         """The frozen base with LoRA on ``cfg.target_modules`` and a head; seeded, so every
@@ -62,6 +63,11 @@ class ModelFamily:
 
     def prepare(self, cfg: ModelConfig, split: Split) -> Batches:
         raise NotImplementedError
+
+    def lora_targets(self, cfg: ModelConfig) -> tuple[str, ...]:
+        """The module names LoRA goes on, matched as peft matches a list (a full name, or its
+        end after a dot). Default: ``model.target_modules``."""
+        return tuple(cfg.target_modules)
 
     def linear_modules(self, cfg: ModelConfig) -> dict[str, tuple[int, int]]:
         """Every linear module of the base model: full name -> (out, in) features, read without
@@ -119,5 +125,6 @@ def lora_module_dims(cfg: ModelConfig) -> list[tuple[int, int]]:
     so the offline stage can size ranks before any model exists."""
     from fedlora_ray.lora.model import targets
 
-    modules = model_family(cfg.name).linear_modules(cfg)
-    return [dk for name, dk in modules.items() if targets(name, cfg.target_modules)]
+    family = model_family(cfg.name)
+    wanted = family.lora_targets(cfg)
+    return [dk for name, dk in family.linear_modules(cfg).items() if targets(name, wanted)]
