@@ -73,6 +73,8 @@ def check_data(cfg: RunConfig) -> None:
     fed, data = cfg.federation, cfg.data
     try:
         train, _ = load_splits(data)
+    except ConfigError:
+        raise  # the loader named its own field
     except ValueError as err:  # a category with no more glosses than data.test_per_class
         raise ConfigError(f"config field 'data.test_per_class' = {data.test_per_class}: {err}") from None
     if fed.num_clients > len(train):

@@ -97,7 +97,7 @@ def test_a_new_task_is_a_registration_and_learns(tmp_path):
 
 
 def test_unknown_task_names_are_refused_with_the_registered_ones():
-    with pytest.raises(ConfigError, match="'data.dataset' = 'nosuch': allowed values are 'wordnet'"):
+    with pytest.raises(ConfigError, match="'data.dataset' = 'nosuch': allowed values are .*'wordnet'"):
         tiny_config("data.dataset=nosuch")
     with pytest.raises(ConfigError, match="'model.name' = 'gpt9'.*'minilm', 'tiny'"):
         tiny_config("model.name=gpt9")
