@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 from typing import TYPE_CHECKING, Any
+
+if importlib.util.find_spec("torchvision") is not None:
+    # A torchvision wheel that does not match the installed torch breaks every later
+    # `import transformers` / `import peft`; the guard makes that import work (timm_import.py).
+    from fedlora_ray.timm_import import guard_torchvision_import
+
+    guard_torchvision_import()
 
 if TYPE_CHECKING:
     from fedlora_ray.classifier import Classifier, load_classifier

@@ -7,6 +7,7 @@ onto the base encoder; the head goes beside them in ``classifier.safetensors`` w
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -26,10 +27,11 @@ def save_adapter(adapter: Adapter, cfg: ModelConfig, label_names: tuple[str, ...
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    peft_cfg = lora_config(cfg)
     from fedlora_ray.tasks import model_family  # tasks build on lora: import when used
 
-    peft_cfg.base_model_name_or_path = model_family(cfg.name).hub_id(cfg)
+    family = model_family(cfg.name)
+    peft_cfg = lora_config(dataclasses.replace(cfg, target_modules=family.lora_targets(cfg)))
+    peft_cfg.base_model_name_or_path = family.hub_id(cfg)
     peft_cfg.save_pretrained(str(tmp))
     tensors = {}
     for module, (b, a) in adapter.lora.items():
