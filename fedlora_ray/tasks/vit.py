@@ -255,16 +255,16 @@ class VitFamily(ModelFamily):
 
     def build_encoder(self, cfg: ModelConfig, seed: int) -> nn.Module:
         """The frozen headless base; a random one is a pure function of ``seed``."""
-        kind, where = self._source(cfg)  # first: a refused config builds nothing
+        origin, where = self._source(cfg)  # first: a refused config builds nothing
         torch.manual_seed(seed)
-        if kind == "random":
+        if origin == "random":
             return self._create(cfg, None)
-        overlay = {"file": where} if kind == "file" else {"hf_hub_id": where, "source": "hf-hub"}
+        overlay = {"file": where} if origin == "file" else {"hf_hub_id": where, "source": "hf-hub"}
         try:
             return self._create(cfg, overlay)
         except (OSError, RuntimeError, ValueError, KeyError, EOFError, SafetensorError) as err:
             reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
-            if kind == "file":
+            if origin == "file":
                 what = f"could not load {where!r} into timm's {self.arch} ({reason})"
             else:
                 what = (
