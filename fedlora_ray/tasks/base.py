@@ -79,6 +79,17 @@ class ModelFamily:
         raise NotImplementedError
 
 
+def cap_per_class(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """Indices keeping at most ``per_class`` examples of each class (all when 0), drawn with
+    ``seed``, in ascending order: ``data.train_per_class`` and ``data.test_per_class`` for the
+    datasets with fixed splits."""
+    if per_class <= 0:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    keep = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)]
+    return np.sort(np.concatenate(keep))
+
+
 DatasetLoader = Callable[[DataConfig], tuple[Split, Split]]
 DATASETS: dict[str, tuple[str, DatasetLoader]] = {}  # name -> (modality, loader)
 MODELS: dict[str, ModelFamily] = {}

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from fedlora_ray.config import ConfigError, DataConfig
-from fedlora_ray.tasks.base import Split, register_dataset
+from fedlora_ray.tasks.base import Split, cap_per_class, register_dataset
 
 DEFAULT_ROOT = "~/.cache/fedlora_ray/datasets"
 FOLDER = "cifar-100-python"
@@ -68,16 +68,6 @@ def _unpickle(path: Path, keys: tuple[bytes, ...]) -> dict[bytes, Any]:
     return out  # type: ignore[no-any-return]
 
 
-def _capped(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
-    """Indices keeping at most ``per_class`` examples of each class (all when 0), drawn with
-    ``seed``, in ascending order."""
-    if per_class <= 0:
-        return np.arange(len(labels))
-    rng = np.random.default_rng(seed)
-    keep = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)]
-    return np.sort(np.concatenate(keep))
-
-
 @functools.lru_cache(maxsize=4)
 def _load(
     folder: str, coarse: bool, train_per_class: int, test_per_class: int, seed: int
@@ -94,7 +84,7 @@ def _load(
         data = np.asarray(raw[b"data"], dtype=np.uint8)
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
             raise _not_cifar(Path(folder) / split, "expected N x 3072 uint8 data and N labels")
-        keep = _capped(labels, cap, seed)
+        keep = cap_per_class(labels, cap, seed)
         x = np.ascontiguousarray(data[keep].reshape(-1, 3, 32, 32))  # channel-major rows
         y = labels[keep]
         x.setflags(write=False)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from fedlora_ray.config import ConfigError, DataConfig
-from fedlora_ray.tasks.base import Split, register_dataset
+from fedlora_ray.tasks.base import Split, cap_per_class, register_dataset
 
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
 LABEL_NAMES = (
@@ -45,23 +45,13 @@ def _find(root: Path, stem: str) -> Path:
     )
 
 
-def _capped(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
-    """Indices keeping at most ``per_class`` examples of each class (all when 0), drawn with
-    ``seed``, in ascending order."""
-    if per_class <= 0:
-        return np.arange(len(labels))
-    rng = np.random.default_rng(seed)
-    keep = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)]
-    return np.sort(np.concatenate(keep))
-
-
 @functools.lru_cache(maxsize=4)
 def _load(root: str, train_per_class: int, test_per_class: int, seed: int) -> tuple[Split, Split]:
     out = []
     for split, cap in (("train", train_per_class), ("test", test_per_class)):
         images_file, labels_file = (_find(Path(root), stem) for stem in _FILES[split])
         images, labels = read_idx(images_file), read_idx(labels_file).astype(np.int64)
-        keep = _capped(labels, cap, seed)
+        keep = cap_per_class(labels, cap, seed)
         x = np.ascontiguousarray(images[keep][:, None, :, :])  # N x 1 x 28 x 28, uint8
         y = labels[keep]
         x.setflags(write=False)
