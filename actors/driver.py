@@ -30,11 +30,6 @@ class DriverActor:
     def describe(self) -> list[dict[str, Any]]:
         return self.federated.backend.describe()
 
-    def pid(self) -> int:
-        import os
-
-        return os.getpid()
-
     def run(self) -> dict[str, Any]:
         try:
             return self.federated.run()

@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 
 from fedlora_ray.lora import build_model, get_adapter, save_adapter, set_adapter
 from fedlora_ray.lora.adapter import Adapter, lora_parameters
-from fedlora_ray.lora.model import MINILM_HUB_ID, base_model_id, build_encoder, lora_module_dims, targets
+from fedlora_ray.lora.model import MINILM_HUB_ID, base_model_id, build_encoder, targets
+from fedlora_ray.tasks import lora_module_dims
 from tests.conftest import tiny_config
 
 

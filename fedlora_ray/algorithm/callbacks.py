@@ -54,8 +54,7 @@ class Evaluate(Callback):
 
 
 def finite_adapter(state: RunState) -> bool:
-    tensors = [t for pair in state.adapter.lora.values() for t in pair] + list(state.adapter.head.values())
-    return all(bool(torch.isfinite(t).all()) for t in tensors)
+    return all(bool(torch.isfinite(t).all()) for t in state.adapter.tensors())
 
 
 class DivergenceGuard(Callback):

@@ -31,6 +31,7 @@ from fedlora_ray.algorithm.state import RunState, build_context, initial_state
 from fedlora_ray.config import ConfigError, RunConfig, load_config, parse_override, replace
 from fedlora_ray.control import controller_class
 from fedlora_ray.logging import RunLog, latest_checkpoint, load_checkpoint
+from fedlora_ray.logging.checkpoint import checkpoint_round
 from fedlora_ray.lora import save_adapter
 from fedlora_ray.tasks import load_splits
 
@@ -57,7 +58,7 @@ def resume_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> RunConf
             )
     new = replace(cfg, *overrides) if overrides else cfg
     ckpt = latest_checkpoint(run_dir)
-    done = int(ckpt.name[6:12]) if ckpt else 0
+    done = checkpoint_round(ckpt) if ckpt else 0
     if new.federation.rounds < done:
         raise ConfigError(
             f"config field 'federation.rounds' = {new.federation.rounds}: the run has a checkpoint at "

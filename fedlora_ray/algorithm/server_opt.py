@@ -24,10 +24,6 @@ class ServerOptState:
     v: list[torch.Tensor] = field(default_factory=list)
 
 
-def _tensors(adapter: Adapter) -> list[torch.Tensor]:
-    return [t for pair in adapter.lora.values() for t in pair] + list(adapter.head.values())
-
-
 def _rebuild(like: Adapter, flat: list[torch.Tensor]) -> Adapter:
     it = iter(flat)
     lora = {m: (next(it), next(it)) for m in like.lora}
@@ -39,7 +35,7 @@ def server_step(
     cfg: AlgorithmConfig, opt: ServerOptState, global_adapter: Adapter, update: Adapter
 ) -> tuple[Adapter, ServerOptState]:
     """X <- X + eta_s U (sgd), or Adam with gradient -U; returns the new adapter and moments."""
-    xs, us = _tensors(global_adapter), _tensors(update)
+    xs, us = global_adapter.tensors(), update.tensors()
     lr = cfg.server_lr
     if cfg.server_optimizer == "sgd":
         return _rebuild(global_adapter, [x + lr * u for x, u in zip(xs, us)]), opt

@@ -56,10 +56,11 @@ def build_context(
     fed = cfg.federation
     partition = partition_indices(labels, fed.num_clients, cfg.data, fed.seed)
     sizes = np.array([len(p) for p in partition], dtype=np.float64)
+    data_share = sizes / sizes.sum()  # p_i
     uplink = Uplink(cfg.channel, fed.num_clients, fed.seed)
     dims = [(b.shape[0], a.shape[1]) for b, a in adapter.lora.values()]
     controller = make_controller(cfg, dims, uplink)
-    controller.setup(sizes / sizes.sum(), sizes)
+    controller.setup(data_share, sizes)
     return RunContext(
         cfg=cfg,
         scheme=make_scheme(cfg),
@@ -67,7 +68,7 @@ def build_context(
         sampling=SAMPLINGS[cfg.sampling.kind](fed.seed, fed.num_clients, fed.clients_per_round),
         partition=partition,
         sizes=sizes,
-        data_share=sizes / sizes.sum(),
+        data_share=data_share,
         label_names=label_names,
         uplink=uplink,
     )

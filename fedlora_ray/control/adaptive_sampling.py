@@ -8,7 +8,7 @@ import numpy as np
 
 from fedlora_ray.config import ConfigError, RunConfig, validate_ratios
 from fedlora_ray.control import adaptive
-from fedlora_ray.control.base import register_controller
+from fedlora_ray.control.base import components_for, register_controller
 from fedlora_ray.control.finish import Finish
 
 
@@ -33,7 +33,5 @@ class Adaptive(Finish):
     def client_plan(
         self, problem: adaptive.AdaptiveProblem, ratios: np.ndarray
     ) -> tuple[adaptive.AdaptivePlan, np.ndarray]:  # noqa: E501
-        from fedlora_ray.algorithm.schemes import components_for
-
         plan = adaptive.solve(problem)
         return plan, np.array([components_for(x, self.rank) for x in plan.s])

@@ -27,6 +27,11 @@ from fedlora_ray.control import adaptive
 from fedlora_ray.control.bound import bound
 
 
+def components_for(ratio: float, rank: int) -> int:
+    """k_i = round(s_i r), at least 1 (config validation keeps every option >= 1 component)."""
+    return max(1, min(rank, round(ratio * rank)))
+
+
 @dataclass(frozen=True)
 class RoundPlan:
     keep_ratio: float
@@ -105,8 +110,6 @@ class Controller:
     def client_plan(
         self, problem: adaptive.AdaptiveProblem, ratios: np.ndarray
     ) -> tuple[adaptive.AdaptivePlan, np.ndarray]:  # noqa: E501
-        from fedlora_ray.algorithm.schemes import components_for
-
         components = np.array([components_for(x, self.rank) for x in ratios])
         return adaptive.uniform_plan(problem, components / self.rank), components
 

@@ -20,6 +20,14 @@ _NAME = re.compile(r"^round-(\d{6,})\.pt$")
 FORMAT = 1
 
 
+def checkpoint_round(path: Path) -> int:
+    """The round a checkpoint file holds, from its name."""
+    match = _NAME.match(path.name)
+    if match is None:
+        raise ValueError(f"{path}: not a checkpoint file name (round-NNNNNN.pt)")
+    return int(match.group(1))
+
+
 def checkpoints(run_dir: str | Path) -> list[Path]:
     """The complete checkpoints of a run directory, oldest first."""
     folder = Path(run_dir) / CHECKPOINT_DIR

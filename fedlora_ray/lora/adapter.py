@@ -24,6 +24,10 @@ class Adapter:
         lora = sum(b.numel() + a.numel() for b, a in self.lora.values())
         return lora + sum(t.numel() for t in self.head.values())
 
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor, in a fixed order: (B, A) per module, then the head's."""
+        return [t for pair in self.lora.values() for t in pair] + list(self.head.values())
+
     def clone(self) -> Adapter:
         return Adapter(
             {m: (b.clone(), a.clone()) for m, (b, a) in self.lora.items()},

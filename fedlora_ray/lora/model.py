@@ -92,12 +92,6 @@ def linear_modules(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
     }
 
 
-def lora_module_dims(cfg: ModelConfig) -> list[tuple[int, int]]:
-    """(d, k) = (out, in) features of every module LoRA targets, read from a weightless copy of
-    the base model (meta device), so the offline stage can size ranks before any model exists."""
-    return [dk for name, dk in linear_modules(cfg).items() if targets(name, cfg.target_modules)]
-
-
 def lora_config(cfg: ModelConfig) -> LoraConfig:
     return LoraConfig(
         r=cfg.lora_rank,

@@ -4,7 +4,6 @@ compressors), fslora, hetlora and ffa. ``SCHEMES`` maps each name to its class."
 from fedlora_ray.algorithm.schemes.base import (
     SCHEMES,
     Scheme,
-    components_for,
     draw_client_ratios,
     make_scheme,
     register_scheme,
@@ -12,6 +11,6 @@ from fedlora_ray.algorithm.schemes.base import (
 )
 
 __all__ = [
-    "SCHEMES", "Scheme", "components_for", "draw_client_ratios", "make_scheme", "register_scheme",
+    "SCHEMES", "Scheme", "draw_client_ratios", "make_scheme", "register_scheme",
     "scheme_class",
 ]  # fmt: skip

@@ -50,11 +50,6 @@ def draw_client_ratios(seed: int, num_clients: int, options: tuple[float, ...]) 
     return np.asarray(options, dtype=np.float64)[rng.integers(len(options), size=num_clients)]
 
 
-def components_for(ratio: float, rank: int) -> int:
-    """k_i = round(s_i r), at least 1 (config validation keeps every option >= 1 component)."""
-    return max(1, min(rank, round(ratio * rank)))
-
-
 class Scheme:
     """The default answers are FedAvg's: every client trains the full rank, the server averages
     the uploads with the round's weights [paper II-B]."""

@@ -9,7 +9,6 @@ Every client trains the full rank r. Its local change plus its error memory is t
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -37,10 +36,7 @@ class FedAvg(Scheme):
 
     @property
     def orthogonal_weight(self) -> float:
-        return self.cfg.compression.lambda_o if getattr(self.compressor, "orthogonal", False) else 0.0
-
-    def components(self, seed: int, modules: Sequence[str], k: int | None) -> dict[str, torch.Tensor] | None:
-        return None
+        return self.cfg.compression.lambda_o if self.compressor.orthogonal else 0.0
 
     def upload(self, update: LocalUpdate) -> tuple[Compressed, dict[str, Any]]:
         comp = self.cfg.compression

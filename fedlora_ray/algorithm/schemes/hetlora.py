@@ -47,10 +47,9 @@ class HetLoRA(RatioScheme):
         self, global_adapter: Adapter, uploads: Sequence[Adapter], weights: RoundWeights,
         components: np.ndarray,
     ) -> Adapter:  # fmt: skip
-        padded = list(uploads)
         if weights.inclusion is None:  # equal inclusion probabilities: data shares alone
-            target = hetlora_target(padded, weights.share.tolist())
+            target = hetlora_target(uploads, weights.share.tolist())
         else:
-            target = hetlora_target(padded, (weights.share / weights.inclusion).tolist(),
+            target = hetlora_target(uploads, (weights.share / weights.inclusion).tolist(),
                                     norm_scale=(1.0 / weights.inclusion).tolist())  # fmt: skip
         return aggregate_update(global_adapter, [target], [weights.total])
