@@ -1,4 +1,5 @@
-# `make quickstart` runs the main job; `make test` runs the whole suite. Both install first.
+# `make quickstart` runs the main job, `make vision` the vision default; `make test` runs the whole
+# suite. All install first.
 VENV := .venv
 BIN := $(VENV)/bin
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
@@ -6,7 +7,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export RAY_AUTH_MODE := disabled
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install quickstart smoke test lint bench
+.PHONY: install quickstart vision smoke test lint bench
 
 $(VENV)/.installed: pyproject.toml constraints.txt scripts/setup.sh
 	scripts/setup.sh
@@ -15,6 +16,9 @@ install: $(VENV)/.installed
 
 quickstart: install
 	$(BIN)/fedlora-ray run jobs/configs/quickstart.yaml
+
+vision: install
+	$(BIN)/fedlora-ray run jobs/configs/vision_quickstart.yaml
 
 smoke: install
 	$(BIN)/fedlora-ray run jobs/configs/smoke.yaml

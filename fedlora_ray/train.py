@@ -33,12 +33,14 @@ def train_local(
     device: torch.device,
     lora_pairs: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
     lambda_o: float = 0.0,
+    orth_scaled: bool = False,
 ) -> LocalResult:
     """E epochs of AdamW on the client's examples [seed II-B]. The model already holds the
     global adapter; a fresh optimiser per round, as each client restarts from the global
     factors. Shuffling and dropout draw from ``seed`` only, so the result does not depend on
     which process runs the client. With ``lambda_o`` > 0 the loss carries SOFT's orthogonal
-    regulariser over ``lora_pairs`` [seed eq. (7)]; the logged loss is the task loss alone."""
+    regulariser over ``lora_pairs`` [seed eq. (7)], or its scale-free variant with
+    ``orth_scaled``; the logged loss is the task loss alone."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
@@ -52,7 +54,9 @@ def train_local(
             inputs, y = data.batch(order[start : start + batch_size], device)
             loss = F.cross_entropy(model(*inputs), y)
             objective = (
-                loss + lambda_o * orthogonal_penalty(lora_pairs) if lambda_o > 0 and lora_pairs else loss
+                loss + lambda_o * orthogonal_penalty(lora_pairs, orth_scaled)
+                if lambda_o > 0 and lora_pairs
+                else loss
             )
             opt.zero_grad(set_to_none=True)
             objective.backward()

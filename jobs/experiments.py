@@ -1,6 +1,7 @@
 """The SOFT paper's experiments on the embedded default, one command each.
 
     python jobs/experiments.py fig3  [--seeds 0 1 2] [--parallel 4] [--out runs/exp] [--set a.b=v ...]
+    python jobs/experiments.py fig3v ...   # two SOFT variants beside Fig. 3 (same --out: one table)
     python jobs/experiments.py fig4  ...   # orthogonal regulariser: heatmaps + accuracy
     python jobs/experiments.py fig56 ...   # covariance and accuracy against shards per client
     python jobs/experiments.py wallclock ... # docs/algorithms.md §7: simulated time to a target accuracy
@@ -9,7 +10,8 @@
 Each command runs the runs it misses (a run with a summary.json is kept), several at a time
 as separate processes of `fedlora-ray run` on the serial backend (CUDA when available), then
 writes its tables and PNGs to docs/experiments/ (FIG.md beside the images). The base config
-is jobs/configs/quickstart.yaml (MiniLM + LoRA on WordNet, 100 clients, 10 per round, shards).
+is jobs/configs/quickstart.yaml (MiniLM + LoRA on WordNet, 100 clients, 10 per round, shards);
+`--base jobs/configs/vision_quickstart.yaml` runs the same on the vision default.
 """
 
 from __future__ import annotations
@@ -32,8 +34,14 @@ from fedlora_ray.report import Run, final_value, load_run, mean_curve  # noqa: E
 BASE = ROOT / "jobs" / "configs" / "quickstart.yaml"
 DOCS = ROOT / "docs" / "experiments"
 METHODS = ["none", "soft", "flasc", "rlora", "hetlora", "fedlodrop"]
+# two SOFT variants that may explain the text result (docs/algorithms.md §2), run by `fig3v`
+SOFT_VARIANTS = {
+    "softraw": ["compression.method=soft", "compression.soft_selection=raw"],
+    "softscaled": ["compression.method=soft", "compression.orth_penalty=scaled"],
+}
 LABEL = {"none": "ILoRA (dense)", "soft": "SOFT", "flasc": "FLASC", "rlora": "RLoRA", "hetlora": "HetLoRA",
-         "fedlodrop": "FedLoDrop"}  # fmt: skip
+         "fedlodrop": "FedLoDrop", "softraw": "SOFT, raw ranking",
+         "softscaled": "SOFT, scaled penalty"}  # fmt: skip
 FIG3_RANKS = (8, 16)
 KEEP = 0.1
 FIG4_LAMBDAS = (0.0, 1e-3, 1e-2)
@@ -83,6 +91,13 @@ def plan(fig: str, seeds: list[int]) -> dict[str, list[str]]:
                         f"compression.method={m}", f"compression.keep_ratio={KEEP}",
                         f"model.lora_rank={r}", f"model.lora_alpha={2 * r}",
                     ]  # fmt: skip
+        elif fig == "fig3v":
+            for r in FIG3_RANKS:
+                for v, sets in SOFT_VARIANTS.items():
+                    runs[f"fig3-{v}-r{r}-s{s}"] = [
+                        *sets, f"compression.keep_ratio={KEEP}",
+                        f"model.lora_rank={r}", f"model.lora_alpha={2 * r}",
+                    ]  # fmt: skip
         elif fig == "fig4":
             for lam in FIG4_LAMBDAS:
                 runs[f"fig4-lambda{lam:g}-s{s}"] = [
@@ -118,7 +133,9 @@ def plan(fig: str, seeds: list[int]) -> dict[str, list[str]]:
     return {k: [*v, f"federation.seed={k.rsplit('-s', 1)[1]}", f"name={k}"] for k, v in runs.items()}
 
 
-def run_all(runs: dict[str, list[str]], out: Path, parallel: int, extra: list[str]) -> None:
+def run_all(
+    runs: dict[str, list[str]], out: Path, parallel: int, extra: list[str], base: Path = BASE
+) -> None:
     todo = [n for n in runs if not (out / n / "summary.json").exists()]
     print(
         f"{len(runs) - len(todo)} of {len(runs)} runs already done; running {len(todo)}, {parallel} at a time"
@@ -138,7 +155,7 @@ def run_all(runs: dict[str, list[str]], out: Path, parallel: int, extra: list[st
                 for o in [*runs[name], "runtime.backend=serial", "runtime.progress=false", *extra]
                 for a in ("--set", o)
             ]
-            cmd = [sys.executable, "-m", "actors.cli", "run", str(BASE), "--out", str(out / name), *sets]
+            cmd = [sys.executable, "-m", "actors.cli", "run", str(base), "--out", str(out / name), *sets]
             with open(out / f"{name}.log", "wb") as log:  # the child keeps its own handle
                 proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
             active.append((name, proc, time.time()))
@@ -182,6 +199,16 @@ def _plot():  # type: ignore[no-untyped-def]
     return plt
 
 
+def _method(run: Run) -> str:
+    """The Fig. 3 line a run belongs to: its compression method, or a SOFT variant."""
+    comp = run.config["compression"]
+    if comp["method"] == "soft" and comp.get("soft_selection") == "raw":
+        return "softraw"
+    if comp["method"] == "soft" and comp.get("orth_penalty") == "scaled":
+        return "softscaled"
+    return str(comp["method"])
+
+
 def summarize_fig3(out: Path) -> list[str]:
     plt = _plot()
     runs = _runs(out, "fig3-")
@@ -192,16 +219,12 @@ def summarize_fig3(out: Path) -> list[str]:
              "|---|---|---|---|---|---|"]  # fmt: skip
     fig, axes = plt.subplots(1, len(FIG3_RANKS), figsize=(12, 4.2), sharey=True)
     for ax, r in zip(np.atleast_1d(axes), FIG3_RANKS):
-        for m in METHODS:
-            group = [
-                x
-                for x in runs
-                if x.config["model"]["lora_rank"] == r and x.config["compression"]["method"] == m
-            ]
+        for m in [*METHODS, *SOFT_VARIANTS]:
+            group = [x for x in runs if x.config["model"]["lora_rank"] == r and _method(x) == m]
             if not group:
                 continue
             xs, mean, std = mean_curve(group, "round", "test_accuracy")
-            (line,) = ax.plot(xs, mean, label=LABEL[m])
+            (line,) = ax.plot(xs, mean, label=LABEL[m], linestyle=":" if m in SOFT_VARIANTS else "-")
             ax.fill_between(xs, mean - std, mean + std, alpha=0.15, color=line.get_color())
             mbit = np.mean([g.rounds["uplink_bits"].mean() / g.rounds["sampled"].mean() / 1e6 for g in group])
             lines.append(
@@ -465,7 +488,8 @@ def summarize(fig: str, out: Path) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument(
-        "command", choices=["fig3", "fig4", "fig56", "fig3c", "vtradeoff", "budget", "wallclock", "summarize"]
+        "command",
+        choices=["fig3", "fig3v", "fig4", "fig56", "fig3c", "vtradeoff", "budget", "wallclock", "summarize"],
     )
     ap.add_argument("fig", nargs="?", help="for summarize: fig3, fig4 or fig56")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -473,6 +497,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/exp")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--tag", default="", help="name of a variant (with its own --out and --set)")
+    ap.add_argument("--base", default=str(BASE), help="the base config (default: the text quickstart)")
     args = ap.parse_args()
     global TAG
     TAG = args.tag
@@ -484,8 +509,8 @@ def main() -> None:
     if args.command == "budget":
         summarize("budget", out)
         return
-    run_all(plan(args.command, args.seeds), out, args.parallel, args.overrides)
-    summarize(args.command, out)
+    run_all(plan(args.command, args.seeds), out, args.parallel, args.overrides, Path(args.base).resolve())
+    summarize("fig3" if args.command == "fig3v" else args.command, out)
     (out / f"{args.command}.json").write_text(json.dumps(plan(args.command, args.seeds), indent=1))
 
 

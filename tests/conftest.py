@@ -47,6 +47,22 @@ TINY = [
 ]
 
 
+def _timm_importable() -> bool:
+    from fedlora_ray.timm_import import import_timm
+
+    try:
+        import_timm()
+    except ImportError:
+        return False
+    return True
+
+
+# timm (and the torchvision it brings) come with the optional `vision` extra
+needs_timm = pytest.mark.skipif(
+    not _timm_importable(), reason="timm is not installed (pip install .[vision])"
+)
+
+
 def tiny_config(*overrides: str) -> RunConfig:
     """A config on the tiny random model that trains a round in well under a second."""
     return load_config(None, [*TINY, *overrides])

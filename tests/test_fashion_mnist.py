@@ -48,3 +48,30 @@ def test_a_missing_folder_names_the_field(tmp_path):
     cfg = load_config(None, [f"data.root={tmp_path / 'none'}"])
     with pytest.raises(ConfigError, match="'data.root'.*dataset-fashion-mnist"):
         fashion_mnist_splits(cfg.data)
+
+
+def test_the_driver_reads_labels_only(tmp_path, monkeypatch):
+    """Partitioning (what the driver does) reads the labels files; the images file is read only
+    where a model is fed (a client trainer), and once per process."""
+    import fedlora_ray.tasks.fashion_mnist as fm
+    from fedlora_ray.algorithm.state import build_context
+    from fedlora_ray.lora import Adapter
+    from fedlora_ray.preflight import check_data
+    from fedlora_ray.tasks import load_splits
+
+    root = make_fashion_mnist(tmp_path / "fm")
+    read = []
+    real = fm.read_idx
+    monkeypatch.setattr(fm, "read_idx", lambda path: read.append(path.name) or real(path))
+    cfg = load_config(None, ["data.dataset=fashion_mnist", f"data.root={root}", "data.test_per_class=2",
+                             "model.name=efficientnet_tiny",
+                             "federation.num_clients=10", "federation.clients_per_round=2"])  # fmt: skip
+    check_data(cfg)
+    train, _ = load_splits(cfg.data)
+    import torch
+
+    adapter = Adapter({"m": (torch.zeros(4, 2), torch.zeros(2, 4))}, {})
+    build_context(cfg, adapter, train.labels, train.label_names)
+    assert read and all("labels" in name for name in read)
+    assert train.examples.shape == (60, 1, 28, 28) and train.examples is train.examples  # read once
+    assert sum("images" in name for name in read) == 1

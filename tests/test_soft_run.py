@@ -28,6 +28,32 @@ def test_penalty_and_error_follow_their_definitions():
     assert orthogonality_error([(torch.zeros(16, 4), a2)])[1] is None  # B at its zero init
 
 
+def test_the_scaled_penalty_is_scale_free_and_pushes_b_as_hard_as_a():
+    """``compression.orth_penalty: scaled`` penalises the cosines between rank components: scaling
+    a factor leaves it unchanged, and B's gradient is as large as A's at B's real scale (about
+    100 times smaller entries), where the plain eq. (7) barely moves B."""
+    g = torch.Generator().manual_seed(1)
+    b, a = torch.randn(32, 4, generator=g), torch.randn(4, 24, generator=g)
+    cos = lambda m: m / torch.outer(m.diag().sqrt(), m.diag().sqrt())  # noqa: E731
+    off = lambda m: m - torch.diag(torch.diag(m))  # noqa: E731
+    expect = float(off(cos(a @ a.t())).square().sum() + off(cos(b.t() @ b)).square().sum())
+    assert float(orthogonal_penalty([(b, a)], scaled=True)) == pytest.approx(expect, rel=1e-5)
+    assert float(orthogonal_penalty([(b * 0.01, a * 7)], scaled=True)) == pytest.approx(expect, rel=1e-4)
+    assert float(orthogonal_penalty([(torch.zeros(32, 4), a)], scaled=True)) == pytest.approx(
+        float(off(cos(a @ a.t())).square().sum()), rel=1e-5
+    )  # B at its zero init adds nothing and stays finite
+    grad_ratio = {}
+    for scaled in (False, True):
+        small_b = (b * 0.01).requires_grad_()
+        big_a = a.clone().requires_grad_()
+        orthogonal_penalty([(small_b, big_a)], scaled=scaled).backward()
+        # relative step each factor would take: gradient norm against the factor's own norm
+        rel_b = float(small_b.grad.norm() / small_b.detach().norm())
+        rel_a = float(big_a.grad.norm() / big_a.detach().norm())
+        grad_ratio[scaled] = rel_b / rel_a
+    assert grad_ratio[False] < 1e-3 < 0.1 < grad_ratio[True]
+
+
 def test_soft_run_logs_its_budget_and_keeps_error_memory_across_rounds(tmp_path):
     cfg = tiny_config("federation.rounds=4", "compression.method=soft", "compression.keep_ratio=0.1")
     run = FederatedRun(cfg, SerialBackend(cfg), tmp_path / "run")

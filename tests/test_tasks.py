@@ -58,7 +58,7 @@ class PointsFamily(ModelFamily):
     def build(self, cfg, num_labels, seed):
         return _LoraMLP(cfg, num_labels, seed)
 
-    def prepare(self, cfg, split):
+    def prepare(self, cfg, split, device=None):
         return _Points(split.examples, split.labels)
 
     def linear_modules(self, cfg):

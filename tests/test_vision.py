@@ -26,23 +26,7 @@ from fedlora_ray.simulate import run_serial
 from fedlora_ray.tasks import MODELS, Split, load_splits, lora_module_dims
 from fedlora_ray.tasks.cifar100 import cifar100_splits
 from fedlora_ray.tasks.vit import IMAGENET_MEAN, IMAGENET_STD, VisionClassifier, VitFamily
-from tests.conftest import ROOT, tiny_config
-
-
-def _timm_importable() -> bool:
-    from fedlora_ray.timm_import import import_timm
-
-    try:
-        import_timm()
-    except ImportError:
-        return False
-    return True
-
-
-# timm (and the torchvision it brings) come with the optional `vision` extra
-needs_timm = pytest.mark.skipif(
-    not _timm_importable(), reason="timm is not installed (pip install .[vision])"
-)
+from tests.conftest import ROOT, needs_timm, tiny_config
 
 FINE = 5  # fine classes; coarse = fine // 2
 FINE_NAMES = [f"fine{i}" for i in range(FINE)]

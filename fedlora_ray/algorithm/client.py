@@ -32,7 +32,7 @@ def restore_outside(params: dict[str, tuple[torch.nn.Parameter, torch.nn.Paramet
     this is the same as having frozen them."""
     with torch.no_grad():
         for m, idx in components.items():
-            b, a = params[m]
+            b, a = (p.flatten(1) for p in params[m])  # views: a 1x1 conv's factors as matrices
             outside = torch.ones(b.shape[1], dtype=torch.bool)
             outside[idx] = False
             gb, ga = global_lora.lora[m]
@@ -47,8 +47,8 @@ class ClientTrainer:
         self.actor_id = actor_id
         train, test = load_splits(cfg.data)
         family = model_family(cfg.model.name)
-        self.train_data = family.prepare(cfg.model, train)  # once per actor, shared by its clients
-        self.test_data = family.prepare(cfg.model, test)
+        self.train_data = family.prepare(cfg.model, train, self.device)  # once per actor, for all clients
+        self.test_data = family.prepare(cfg.model, test, self.device)
         self.model = family.build(cfg.model, len(train.label_names), cfg.federation.seed).to(self.device)
         self._initial = get_adapter(self.model)
         self._lora_params = lora_parameters(self.model)
@@ -100,6 +100,7 @@ class ClientTrainer:
                     device=self.device,
                     lora_pairs=self._lora_pairs,
                     lambda_o=scheme.orthogonal_weight,
+                    orth_scaled=self.cfg.compression.orth_penalty == "scaled",
                 )
             if components is not None:
                 restore_outside(self._lora_params, global_adapter, components)

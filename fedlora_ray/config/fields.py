@@ -77,11 +77,25 @@ class ModelConfig:
         "benchmarks only; written into config.json like every field).",
     )
     lora_blocks: tuple[int, ...] = fld(
-        (0, 3, 6, 9),
-        "Vision transformers: the blocks whose attention gets LoRA (paper V).",
+        (),
+        "Vision models: the indices i of timm's blocks[i] that get LoRA; empty takes the family's "
+        "default. ViTs: LoRA on the attention qkv of those blocks (default 0, 3, 6, 9, as in paper "
+        "V). EfficientNet-Lite0: blocks[i] is a stage, LoRA on the 1x1 convolutions of its blocks, "
+        "plus conv_head (default stages 5 and 6; ours) [docs/algorithms.md §11].",
     )
     lora_on_proj: bool = fld(False, "Vision transformers: LoRA on the attention output 'proj' too.")
     image_size: int = fld(0, "Images are resized to this on the device; 0 uses the model's own size.", ge=0)
+    feature_cache: bool = fld(
+        True,
+        "EfficientNet: run the frozen layers before the first LoRA block once per actor and train "
+        "from their cached output (exact: they are frozen, with batch norm in eval mode). False "
+        "runs the whole network every step [docs/algorithms.md §11].",
+    )
+    feature_cache_dir: str = fld(
+        "~/.cache/fedlora-ray",
+        "Where cached features are also kept on disk, for the next run on the same images, weights "
+        "and settings (keyed by a hash of all of them); empty keeps them in memory only.",
+    )
 
 
 @dataclass(frozen=True)
@@ -173,6 +187,13 @@ class CompressionConfig:
         "Applies when method=soft; 0 turns it off.",
         ge=0,
         le=10,
+    )
+    orth_penalty: str = fld(
+        "plain",
+        "SOFT's orthogonal regulariser: 'plain' is seed eq. 7 on the Gram matrices A A^T and B^T B; "
+        "'scaled' (ours) divides each Gram matrix by its diagonal first (D^-1/2 G D^-1/2), so B, "
+        "whose entries are far smaller than A's, is regularised as strongly as A [docs/algorithms.md §2].",
+        choices=("plain", "scaled"),
     )
     soft_selection: str = fld(
         "normalized",

@@ -42,7 +42,7 @@ def pilot_calibration(cfg: RunConfig) -> dict[str, Any]:
     profiles = []
     with torch.no_grad():
         for b, a in lora_parameters(model).values():
-            s = torch.linalg.svdvals(b.double() @ a.double())[:rank]
+            s = torch.linalg.svdvals(b.flatten(1).double() @ a.flatten(1).double())[:rank]
             if float(s[0]) > 0:
                 profiles.append((s / s[0]).numpy())
     profile = np.mean(profiles, axis=0)

@@ -52,9 +52,10 @@ def _head_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
 
 
 def get_adapter(model: nn.Module) -> Adapter:
-    """Copy the model's trainable state out as CPU tensors."""
+    """Copy the model's trainable state out as CPU tensors; a 1x1 convolution's factors
+    (d x r x 1 x 1, r x k x 1 x 1) come out as the matrices they are (d x r, r x k)."""
     lora = {
-        m: (b.detach().to("cpu", copy=True), a.detach().to("cpu", copy=True))
+        m: (b.detach().flatten(1).to("cpu", copy=True), a.detach().flatten(1).to("cpu", copy=True))
         for m, (b, a) in lora_parameters(model).items()
     }
     head = {n: p.detach().to("cpu", copy=True) for n, p in _head_parameters(model).items()}
@@ -68,7 +69,7 @@ def set_adapter(model: nn.Module, adapter: Adapter) -> None:
     if params.keys() != adapter.lora.keys():
         raise ValueError("adapter modules do not match the model's LoRA modules")
     for m, (b, a) in params.items():
-        b.copy_(adapter.lora[m][0])
-        a.copy_(adapter.lora[m][1])
+        b.copy_(adapter.lora[m][0].reshape(b.shape))
+        a.copy_(adapter.lora[m][1].reshape(a.shape))
     for n, p in _head_parameters(model).items():
         p.copy_(adapter.head[n])

@@ -1,6 +1,7 @@
 """Near-orthogonality of LoRA factors: SOFT's regulariser and the error we log.
 
-Penalty [seed eq. (7)]: sum over modules of ||A A^T - diag(A A^T)||_F^2 + ||B^T B - diag(B^T B)||_F^2.
+Penalty [seed eq. (7)]: sum over modules of ||A A^T - diag(A A^T)||_F^2 + ||B^T B - diag(B^T B)||_F^2;
+its scale-free variant [ours; docs/algorithms.md §2] takes each Gram matrix G as D^-1/2 G D^-1/2.
 Logged error [docs/algorithms.md §2; the normalisation is ours]: for each factor, the off-diagonal
 Frobenius norm of its Gram matrix relative to the norm of its diagonal, pooled over modules.
 """
@@ -11,16 +12,32 @@ from collections.abc import Iterable
 
 import torch
 
+_TINY = 1e-30  # floor of a squared norm: B starts at zero
+
 
 def _offdiag(gram: torch.Tensor) -> torch.Tensor:
     return gram - torch.diag_embed(torch.diagonal(gram))
 
 
-def orthogonal_penalty(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """Differentiable penalty over (B, A) pairs; add lambda_o times it to the task loss."""
+def _scaled(gram: torch.Tensor) -> torch.Tensor:
+    """D^-1/2 G D^-1/2 with D = diag(G): the cosines between rank components, whatever their
+    norms (a zero component contributes zeros)."""
+    norms = torch.diagonal(gram).clamp_min(_TINY).sqrt()
+    return gram / (norms[:, None] * norms[None, :])
+
+
+def orthogonal_penalty(
+    pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], scaled: bool = False
+) -> torch.Tensor:
+    """Differentiable penalty over (B, A) pairs; add lambda_o times it to the task loss.
+    ``scaled`` (``compression.orth_penalty: scaled``, ours) divides each Gram matrix by its
+    diagonal first, so that B, whose entries are about 100 times smaller than A's, is pushed
+    towards orthogonality as hard as A. Factors of 1x1 convolutions are read as matrices."""
+    gram = _scaled if scaled else (lambda g: g)
     total = None
     for b, a in pairs:
-        term = _offdiag(a @ a.t()).square().sum() + _offdiag(b.t() @ b).square().sum()
+        b, a = b.flatten(1), a.flatten(1)
+        term = _offdiag(gram(a @ a.t())).square().sum() + _offdiag(gram(b.t() @ b)).square().sum()
         total = term if total is None else total + term
     assert total is not None, "no LoRA modules"
     return total
@@ -34,7 +51,8 @@ def orthogonality_error(
     off = {"a": 0.0, "b": 0.0}
     diag = {"a": 0.0, "b": 0.0}
     for b, a in pairs:
-        for name, gram in (("a", a.double() @ a.double().t()), ("b", b.double().t() @ b.double())):
+        b, a = b.flatten(1).double(), a.flatten(1).double()
+        for name, gram in (("a", a @ a.t()), ("b", b.t() @ b)):
             off[name] += float(_offdiag(gram).square().sum())
             diag[name] += float(torch.diagonal(gram).square().sum())
     return tuple(  # type: ignore[return-value]

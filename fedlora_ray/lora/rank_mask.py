@@ -20,7 +20,8 @@ _LORA_B_MODULE = ".lora_B.default"
 
 
 def lora_b_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """module name (as ``lora_parameters`` names it) -> peft's lora_B linear there."""
+    """module name (as ``lora_parameters`` names it) -> peft's lora_B layer there (a linear
+    layer, or a 1x1 convolution)."""
     return {
         name[: -len(_LORA_B_MODULE)].removeprefix(PEFT_PREFIX): mod
         for name, mod in model.named_modules()
@@ -36,6 +37,8 @@ def rank_mask(modules: dict[str, nn.Module], scale: dict[str, torch.Tensor]) -> 
     for m, s in scale.items():
         weight: torch.Tensor = modules[m].weight  # type: ignore[assignment]
         s_dev = s.to(device=weight.device, dtype=weight.dtype)
+        if weight.dim() == 4:  # a 1x1 convolution's lora_B: its input is N x r x H x W
+            s_dev = s_dev.view(-1, 1, 1)
 
         def scale_input(_mod: nn.Module, args: tuple[torch.Tensor, ...], s_dev: torch.Tensor = s_dev):
             return (args[0] * s_dev, *args[1:])

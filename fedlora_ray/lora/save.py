@@ -34,7 +34,10 @@ def save_adapter(adapter: Adapter, cfg: ModelConfig, label_names: tuple[str, ...
     peft_cfg.base_model_name_or_path = family.hub_id(cfg)
     peft_cfg.save_pretrained(str(tmp))
     tensors = {}
+    convs = family.conv_modules(cfg)  # peft keeps a 1x1 convolution's factors 4-D
     for module, (b, a) in adapter.lora.items():
+        if module in convs:
+            b, a = b[:, :, None, None], a[:, :, None, None]
         tensors[f"{_PEFT_SAVE_PREFIX}{module}.lora_B.weight"] = b.contiguous()
         tensors[f"{_PEFT_SAVE_PREFIX}{module}.lora_A.weight"] = a.contiguous()
     save_file(tensors, str(tmp / "adapter_model.safetensors"))

@@ -26,14 +26,20 @@ from fedlora_ray.config import DataConfig, ModelConfig
 @dataclass(frozen=True)
 class Split:
     """One split of a dataset. ``labels`` are read-only integers, ``label_names[y]`` names label
-    ``y``; ``examples`` are what the model family prepares (texts, or images)."""
+    ``y``; ``examples`` are what the model family prepares (texts, or images). ``source`` holds
+    the examples, or a function that reads them when first asked: the driver partitions by
+    labels alone, so an image dataset's pixels are read only where a model is fed."""
 
     labels: np.ndarray
     label_names: tuple[str, ...]
-    examples: Any
+    source: Any
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    @property
+    def examples(self) -> Any:
+        return self.source() if callable(self.source) else self.source
 
 
 class Batches(Protocol):
@@ -61,7 +67,9 @@ class ModelFamily:
         process that builds it from the same (cfg, seed) holds the same initial adapter."""
         raise NotImplementedError
 
-    def prepare(self, cfg: ModelConfig, split: Split) -> Batches:
+    def prepare(self, cfg: ModelConfig, split: Split, device: torch.device | None = None) -> Batches:
+        """``split`` ready to cut into batches, once per actor; ``device`` is where the actor
+        trains, for families that compute something once over the whole split."""
         raise NotImplementedError
 
     def lora_targets(self, cfg: ModelConfig) -> tuple[str, ...]:
@@ -73,6 +81,11 @@ class ModelFamily:
         """Every linear module of the base model: full name -> (out, in) features, read without
         loading weights."""
         raise NotImplementedError
+
+    def conv_modules(self, cfg: ModelConfig) -> frozenset[str]:
+        """The LoRA modules that are 1x1 convolutions: peft stores their factors as d x r x 1 x 1
+        and r x k x 1 x 1 tensors, which an ``Adapter`` holds as d x r and r x k matrices."""
+        return frozenset()
 
     def hub_id(self, cfg: ModelConfig) -> str:
         """What ``adapter_config.json`` records as the base model."""

@@ -55,7 +55,7 @@ class BertFamily(ModelFamily):
     def build(self, cfg: ModelConfig, num_labels: int, seed: int) -> nn.Module:
         return bert.build_model(cfg, num_labels, seed)
 
-    def prepare(self, cfg: ModelConfig, split: Split) -> Batches:
+    def prepare(self, cfg: ModelConfig, split: Split, device: torch.device | None = None) -> Batches:
         return tokenize(bert.load_tokenizer(cfg), split.examples, split.labels, cfg.max_length)
 
     def linear_modules(self, cfg: ModelConfig) -> dict[str, tuple[int, int]]:

@@ -68,28 +68,48 @@ def _unpickle(path: Path, keys: tuple[bytes, ...]) -> dict[bytes, Any]:
     return out  # type: ignore[no-any-return]
 
 
+def _keys(coarse: bool) -> tuple[bytes, bytes]:
+    kind = "coarse" if coarse else "fine"
+    return f"{kind}_label_names".encode(), f"{kind}_labels".encode()
+
+
+@functools.lru_cache(maxsize=8)
+def _labels(folder: str, coarse: bool, split: str, cap: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indices kept, their labels). The pickle holds the pixels too; they are dropped here, so
+    a process that only partitions (the driver) keeps none."""
+    labels_key = _keys(coarse)[1]
+    raw = _unpickle(Path(folder) / split, (b"data", labels_key))
+    labels = np.asarray(raw[labels_key], dtype=np.int64)
+    data = raw[b"data"]
+    if getattr(data, "ndim", 0) != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
+        raise _not_cifar(Path(folder) / split, "expected N x 3072 uint8 data and N labels")
+    keep = cap_per_class(labels, cap, seed)
+    y = labels[keep]
+    y.setflags(write=False)
+    return keep, y
+
+
 @functools.lru_cache(maxsize=4)
+def _images(folder: str, coarse: bool, split: str, cap: int, seed: int) -> np.ndarray:
+    """The kept images, N x 3 x 32 x 32 uint8 (the rows are channel-major), read-only."""
+    keep, _ = _labels(folder, coarse, split, cap, seed)
+    data = np.asarray(_unpickle(Path(folder) / split, (b"data",))[b"data"], dtype=np.uint8)
+    x = np.ascontiguousarray(data[keep].reshape(-1, 3, 32, 32))
+    x.setflags(write=False)
+    return x
+
+
 def _load(
     folder: str, coarse: bool, train_per_class: int, test_per_class: int, seed: int
 ) -> tuple[Split, Split]:
-    """Read once per process and options; callers must not modify the arrays (read-only)."""
-    kind = "coarse" if coarse else "fine"
-    names_key, labels_key = f"{kind}_label_names".encode(), f"{kind}_labels".encode()
+    """Labels now; the pixels when a model family asks (callers must not modify the arrays)."""
+    names_key = _keys(coarse)[0]
     raw_names = _unpickle(Path(folder) / "meta", (names_key,))[names_key]
     names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in raw_names)
     out = []
     for split, cap in (("train", train_per_class), ("test", test_per_class)):
-        raw = _unpickle(Path(folder) / split, (b"data", labels_key))
-        labels = np.asarray(raw[labels_key], dtype=np.int64)
-        data = np.asarray(raw[b"data"], dtype=np.uint8)
-        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
-            raise _not_cifar(Path(folder) / split, "expected N x 3072 uint8 data and N labels")
-        keep = cap_per_class(labels, cap, seed)
-        x = np.ascontiguousarray(data[keep].reshape(-1, 3, 32, 32))  # channel-major rows
-        y = labels[keep]
-        x.setflags(write=False)
-        y.setflags(write=False)
-        out.append(Split(y, names, x))
+        _, y = _labels(folder, coarse, split, cap, seed)
+        out.append(Split(y, names, functools.partial(_images, folder, coarse, split, cap, seed)))
     return out[0], out[1]
 
 

@@ -168,7 +168,7 @@ class DistilBertFamily(ModelFamily):
         model.eval()
         return model
 
-    def prepare(self, cfg: ModelConfig, split: Split) -> Batches:
+    def prepare(self, cfg: ModelConfig, split: Split, device: torch.device | None = None) -> Batches:
         return tokenize(self.load_tokenizer(cfg), split.examples, split.labels, cfg.max_length)
 
     def linear_modules(self, cfg: ModelConfig) -> dict[str, tuple[int, int]]:

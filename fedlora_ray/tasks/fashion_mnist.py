@@ -1,7 +1,9 @@
 """``data.dataset: fashion_mnist``: Zalando's Fashion-MNIST, 28 x 28 grey images of 10 clothing
 classes, 60,000 train and 10,000 test, read from the four idx files (gzipped or not) in
 ``data.root``: by default where Debian's ``dataset-fashion-mnist`` puts them. Images stay uint8
-(N x 1 x 28 x 28); the model family resizes and normalises them on the device."""
+(N x 1 x 28 x 28); the model family resizes and normalises them on the device. The labels come
+from the small labels files; the images are read only when a model family asks for them (on the
+client actors, never on the driver)."""
 
 from __future__ import annotations
 
@@ -45,23 +47,38 @@ def _find(root: Path, stem: str) -> Path:
     )
 
 
+@functools.lru_cache(maxsize=8)
+def _labels(root: str, split: str, cap: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indices kept, their labels): from the small labels file alone."""
+    labels = read_idx(_find(Path(root), _FILES[split][1])).astype(np.int64)
+    keep = cap_per_class(labels, cap, seed)
+    y = labels[keep]
+    y.setflags(write=False)
+    return keep, y
+
+
 @functools.lru_cache(maxsize=4)
-def _load(root: str, train_per_class: int, test_per_class: int, seed: int) -> tuple[Split, Split]:
-    out = []
-    for split, cap in (("train", train_per_class), ("test", test_per_class)):
-        images_file, labels_file = (_find(Path(root), stem) for stem in _FILES[split])
-        images, labels = read_idx(images_file), read_idx(labels_file).astype(np.int64)
-        keep = cap_per_class(labels, cap, seed)
-        x = np.ascontiguousarray(images[keep][:, None, :, :])  # N x 1 x 28 x 28, uint8
-        y = labels[keep]
-        x.setflags(write=False)
-        y.setflags(write=False)
-        out.append(Split(y, LABEL_NAMES, x))
-    return out[0], out[1]
+def _images(root: str, split: str, cap: int, seed: int) -> np.ndarray:
+    """The kept images, N x 1 x 28 x 28 uint8, read-only; read once per process."""
+    keep, _ = _labels(root, split, cap, seed)
+    images = read_idx(_find(Path(root), _FILES[split][0]))
+    x = np.ascontiguousarray(images[keep][:, None, :, :])
+    x.setflags(write=False)
+    return x
+
+
+def _split(root: str, split: str, cap: int, seed: int) -> Split:
+    _find(Path(root), _FILES[split][0])  # a missing images file is refused now, not when first read
+    _, y = _labels(root, split, cap, seed)
+    return Split(y, LABEL_NAMES, functools.partial(_images, root, split, cap, seed))
 
 
 @register_dataset("fashion_mnist", "image")
 def fashion_mnist_splits(cfg: DataConfig) -> tuple[Split, Split]:
     """Train and test splits; ``data.train_per_class`` (0: all 6,000) and ``data.test_per_class``
     cap each class, drawn with ``data.split_seed``."""
-    return _load(cfg.root or DEFAULT_ROOT, cfg.train_per_class, cfg.test_per_class, cfg.split_seed)
+    root = cfg.root or DEFAULT_ROOT
+    return (
+        _split(root, "train", cfg.train_per_class, cfg.split_seed),
+        _split(root, "test", cfg.test_per_class, cfg.split_seed),
+    )

@@ -22,18 +22,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors import SafetensorError
 from torch import nn
 
 from fedlora_ray.config import ConfigError, ModelConfig
 from fedlora_ray.tasks.base import ModelFamily, Split, register_model
+from fedlora_ray.tasks.images import ImageBatches, image_batches
+from fedlora_ray.tasks.weights import is_local, load_error, local_weights_file
 from fedlora_ray.timm_import import guard_torchvision_import, import_timm
 
 guard_torchvision_import()  # peft imports transformers, which imports torchvision when installed
@@ -41,45 +40,11 @@ guard_torchvision_import()  # peft imports transformers, which imports torchvisi
 VIT_B16 = "vit_base_patch16_224"
 DEFAULT_TAG = "augreg2_in21k_ft_in1k"  # timm's default weights of vit_base_patch16_224
 DEFAULT_HUB_ID = f"timm/{VIT_B16}.{DEFAULT_TAG}"
+DEFAULT_BLOCKS = (0, 3, 6, 9)  # paper V: LoRA in blocks 0, 3, 6 and 9
 # the test model: ViT-B's depth (so model.lora_blocks means the same), 32 wide, 32 x 32 input
 TINY: dict[str, Any] = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 12, "num_heads": 2}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # timm.data.IMAGENET_DEFAULT_MEAN / _STD
 IMAGENET_STD = (0.229, 0.224, 0.225)
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # in a folder, looked for first
-WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
-
-
-# --- the data ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ImageBatches:
-    """uint8 images (N x C x H x W, C = 1 or 3) held once per actor. A batch goes to the device
-    as uint8 and becomes the model's float input there: scaled to [0, 1], grey repeated to three
-    channels, resized to ``size`` x ``size`` (bilinear, no antialias) and normalised."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-    def batch(self, idx: torch.Tensor, device: torch.device) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-        """((images float32 N x 3 x size x size, normalised), labels)."""
-        x = self.images[idx].to(device, non_blocking=True).float().div_(255.0)
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        if tuple(x.shape[-2:]) != (self.size, self.size):
-            x = F.interpolate(
-                x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=False
-            )
-        mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
-        return ((x - mean) / std,), self.labels[idx].to(device, non_blocking=True)
-
-    def eval_order(self) -> torch.Tensor:
-        return torch.arange(len(self))
 
 
 # --- the model -----------------------------------------------------------------------------
@@ -94,23 +59,6 @@ class VisionClassifier(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(images))
-
-
-def _weights_error(cfg: ModelConfig, what: str) -> ConfigError:
-    return ConfigError(f"config field 'model.weights' = {cfg.weights!r}: {what}")
-
-
-def _is_local(weights: str) -> bool:
-    """A path rather than a hub id: something that exists, or written like a path."""
-    return Path(weights).expanduser().exists() or weights.startswith(("/", "./", "../", "~"))
-
-
-def _weights_file(folder: Path) -> Path | None:
-    for name in WEIGHT_FILES:
-        if (folder / name).is_file():
-            return folder / name
-    found = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
-    return found[0] if found else None
 
 
 @functools.lru_cache(maxsize=8)
@@ -136,11 +84,9 @@ class VitFamily(ModelFamily):
         return int(TINY["depth"]) if self.tiny else _arch_depth(self.arch)
 
     def lora_targets(self, cfg: ModelConfig) -> tuple[str, ...]:
-        """``blocks.{i}.attn.qkv`` for each i of ``model.lora_blocks``, then the ``proj``s when
-        ``model.lora_on_proj``: full names, which peft matches exactly."""
-        blocks = tuple(cfg.lora_blocks)
-        if not blocks:
-            raise ConfigError("config field 'model.lora_blocks' = []: name at least one block")
+        """``blocks.{i}.attn.qkv`` for each i of ``model.lora_blocks`` (0, 3, 6, 9 when empty),
+        then the ``proj``s when ``model.lora_on_proj``: full names, which peft matches exactly."""
+        blocks = tuple(cfg.lora_blocks) or DEFAULT_BLOCKS
         if len(set(blocks)) != len(blocks):
             raise ConfigError(f"config field 'model.lora_blocks' = {list(blocks)}: repeats a block")
         depth = self._depth()
@@ -160,7 +106,7 @@ class VitFamily(ModelFamily):
             return "tiny-vit-d{embed_dim}-l{depth}-p{patch_size}-i{img_size}".format(**TINY)
         if not cfg.weights:
             return f"timm/{self.arch}-random-init"
-        if _is_local(cfg.weights):
+        if is_local(cfg.weights):
             return DEFAULT_HUB_ID if self.arch == VIT_B16 else f"timm/{self.arch}"
         return cfg.weights.removeprefix("hf-hub:")
 
@@ -180,22 +126,8 @@ class VitFamily(ModelFamily):
                 "model.allow_random_init = false, set it to true to build with random weights "
                 "(speed benchmarks only)"
             )
-        if _is_local(cfg.weights):
-            path = Path(cfg.weights).expanduser()
-            if path.is_dir():
-                found = _weights_file(path)
-                if found is None:
-                    raise _weights_error(
-                        cfg,
-                        f"the folder holds no weights file ({', '.join(WEIGHT_FILES)} or *"
-                        f"{', *'.join(WEIGHT_SUFFIXES)})",
-                    )
-                return "file", str(found)
-            if not path.is_file():
-                raise _weights_error(cfg, "no such file or folder")
-            if not path.name.endswith(WEIGHT_SUFFIXES):
-                raise _weights_error(cfg, f"not a state-dict file (*{', *'.join(WEIGHT_SUFFIXES)})")
-            return "file", str(path)
+        if is_local(cfg.weights):
+            return "file", local_weights_file(cfg)
         return "hub", cfg.weights.removeprefix("hf-hub:")
 
     def _mean_std(self, cfg: ModelConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -204,7 +136,7 @@ class VitFamily(ModelFamily):
         when it says; ImageNet's for the tiny model."""
         if self.tiny:
             return IMAGENET_MEAN, IMAGENET_STD
-        if cfg.weights and _is_local(cfg.weights) and Path(cfg.weights).expanduser().is_dir():
+        if cfg.weights and is_local(cfg.weights) and Path(cfg.weights).expanduser().is_dir():
             config = Path(cfg.weights).expanduser() / "config.json"
             if config.is_file():
                 pretrained = json.loads(config.read_text()).get("pretrained_cfg", {})
@@ -214,7 +146,7 @@ class VitFamily(ModelFamily):
         from timm.models import get_pretrained_cfg
 
         tag = DEFAULT_TAG if self.arch == VIT_B16 else ""
-        hub = cfg.weights.removeprefix("hf-hub:") if cfg.weights and not _is_local(cfg.weights) else ""
+        hub = cfg.weights.removeprefix("hf-hub:") if cfg.weights and not is_local(cfg.weights) else ""
         if hub.startswith(f"timm/{self.arch}."):
             tag = hub.split(".", 1)[1]
         pcfg = get_pretrained_cfg(f"{self.arch}.{tag}" if tag else self.arch)
@@ -263,16 +195,7 @@ class VitFamily(ModelFamily):
         try:
             return self._create(cfg, overlay)
         except (OSError, RuntimeError, ValueError, KeyError, EOFError, SafetensorError) as err:
-            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
-            if origin == "file":
-                what = f"could not load {where!r} into timm's {self.arch} ({reason})"
-            else:
-                what = (
-                    f"could not load {where!r} from the Hugging Face hub into timm's {self.arch} "
-                    f"({reason}); offline (HF_HUB_OFFLINE) or without internet, model.weights must "
-                    "be a local state-dict file or a folder holding one"
-                )
-            raise _weights_error(cfg, what) from None
+            raise load_error(cfg, origin, where, self.arch, err) from None
 
     # --- the family's interface --------------------------------------------------------------
     def build(self, cfg: ModelConfig, num_labels: int, seed: int) -> nn.Module:
@@ -294,18 +217,8 @@ class VitFamily(ModelFamily):
         model.eval()
         return model
 
-    def prepare(self, cfg: ModelConfig, split: Split) -> ImageBatches:
-        images = np.asarray(split.examples)
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
-            raise ValueError(f"expected uint8 images N x (1 or 3) x H x W, got {images.dtype} {images.shape}")
-        mean, std = self._mean_std(cfg)
-        return ImageBatches(
-            torch.tensor(images),  # one copy per actor: the split's arrays are shared, read-only
-            torch.tensor(np.asarray(split.labels), dtype=torch.long),
-            self.image_size(cfg),
-            (float(mean[0]), float(mean[1]), float(mean[2])),
-            (float(std[0]), float(std[1]), float(std[2])),
-        )
+    def prepare(self, cfg: ModelConfig, split: Split, device: torch.device | None = None) -> ImageBatches:
+        return image_batches(split, self.image_size(cfg), *self._mean_std(cfg))
 
     def linear_modules(self, cfg: ModelConfig) -> dict[str, tuple[int, int]]:
         """Every linear module of the headless base, read from a weightless copy on the meta
