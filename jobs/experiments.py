@@ -80,19 +80,19 @@ WALL_PRIMARY = 0.5
 TAG = ""  # --tag: a variant's docs go to FIG-TAG.md and FIG-TAG_*.png
 
 
-def plan(fig: str, seeds: list[int]) -> dict[str, list[str]]:
-    """Run name -> overrides of the base config."""
+def plan(fig: str, seeds: list[int], ranks: tuple[int, ...] = FIG3_RANKS) -> dict[str, list[str]]:
+    """Run name -> overrides of the base config (``ranks``: Fig. 3's LoRA ranks)."""
     runs: dict[str, list[str]] = {}
     for s in seeds:
         if fig == "fig3":
-            for r in FIG3_RANKS:
+            for r in ranks:
                 for m in METHODS:
                     runs[f"fig3-{m}-r{r}-s{s}"] = [
                         f"compression.method={m}", f"compression.keep_ratio={KEEP}",
                         f"model.lora_rank={r}", f"model.lora_alpha={2 * r}",
                     ]  # fmt: skip
         elif fig == "fig3v":
-            for r in FIG3_RANKS:
+            for r in ranks:
                 for v, sets in SOFT_VARIANTS.items():
                     runs[f"fig3-{v}-r{r}-s{s}"] = [
                         *sets, f"compression.keep_ratio={KEEP}",
@@ -498,6 +498,7 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--tag", default="", help="name of a variant (with its own --out and --set)")
     ap.add_argument("--base", default=str(BASE), help="the base config (default: the text quickstart)")
+    ap.add_argument("--ranks", type=int, nargs="+", default=list(FIG3_RANKS), help="fig3, fig3v: LoRA ranks")
     args = ap.parse_args()
     global TAG
     TAG = args.tag
@@ -509,9 +510,10 @@ def main() -> None:
     if args.command == "budget":
         summarize("budget", out)
         return
-    run_all(plan(args.command, args.seeds), out, args.parallel, args.overrides, Path(args.base).resolve())
+    runs = plan(args.command, args.seeds, tuple(args.ranks))
+    run_all(runs, out, args.parallel, args.overrides, Path(args.base).resolve())
     summarize("fig3" if args.command == "fig3v" else args.command, out)
-    (out / f"{args.command}.json").write_text(json.dumps(plan(args.command, args.seeds), indent=1))
+    (out / f"{args.command}.json").write_text(json.dumps(runs, indent=1))
 
 
 if __name__ == "__main__":
