@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
+from collections.abc import Sequence
+from typing import TypeVar
 
 import torch
 from peft import LoraConfig, get_peft_model
@@ -120,21 +123,36 @@ class TextClassifier(nn.Module):
         return self.head(pooled)
 
 
-def build_model(cfg: ModelConfig, num_labels: int, seed: int) -> TextClassifier:
-    """Base encoder + LoRA on ``cfg.target_modules`` + head; only LoRA (and the head when
-    ``train_head``) require grad. LoRA and head init are seeded, so every process that builds
-    the model from the same (cfg, seed) holds the same initial adapter."""
-    encoder = build_encoder(cfg, seed)
+def with_lora(encoder: nn.Module, cfg: ModelConfig, targets: Sequence[str], seed: int) -> nn.Module:
+    """``encoder`` wrapped by peft with LoRA (``cfg``'s rank, alpha, dropout, init) on the modules
+    ``targets``, the factors drawn from ``seed + 1``: every family builds its LoRA this way, and
+    then its head, so that the same (cfg, seed) gives the same initial adapter in every process."""
     torch.manual_seed(seed + 1)
     with warnings.catch_warnings():
         # peft reads the model's deprecated `is_gradient_checkpointing` (transformers 5 warns)
         warnings.filterwarnings(
             "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
         )
-        peft_encoder = get_peft_model(encoder, lora_config(cfg))
-    hidden = int(encoder.config.hidden_size)  # type: ignore[union-attr,arg-type]
-    model = TextClassifier(peft_encoder, hidden, num_labels)
-    for p in model.head.parameters():
+        return get_peft_model(encoder, lora_config(dataclasses.replace(cfg, target_modules=tuple(targets))))
+
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def frozen_but_adapter(model: M, cfg: ModelConfig) -> M:
+    """Only LoRA, and the head when ``model.train_head``, require grad; eval mode until a
+    client trains."""
+    for p in model.head.parameters():  # type: ignore[union-attr]
         p.requires_grad_(cfg.train_head)
     model.eval()
     return model
+
+
+def build_model(cfg: ModelConfig, num_labels: int, seed: int) -> TextClassifier:
+    """Base encoder + LoRA on ``cfg.target_modules`` + head; only LoRA (and the head when
+    ``train_head``) require grad. LoRA and head init are seeded, so every process that builds
+    the model from the same (cfg, seed) holds the same initial adapter."""
+    encoder = build_encoder(cfg, seed)
+    peft_encoder = with_lora(encoder, cfg, cfg.target_modules, seed)
+    hidden = int(encoder.config.hidden_size)  # type: ignore[union-attr,arg-type]
+    return frozen_but_adapter(TextClassifier(peft_encoder, hidden, num_labels), cfg)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from fedlora_ray.config import ConfigError, DataConfig
-from fedlora_ray.tasks.base import Split, register_dataset
+from fedlora_ray.tasks.base import Split, cap_per_class, error_reason, register_dataset
 
 LABEL_NAMES = ("World", "Sports", "Business", "Sci/Tech")
 FILES = ("train.csv", "test.csv")
@@ -72,16 +72,6 @@ def read_csv(path: Path, num_classes: int) -> tuple[np.ndarray, tuple[str, ...]]
     return np.asarray(labels, dtype=np.int64), tuple(texts)
 
 
-def _capped(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
-    """Indices keeping at most ``per_class`` examples of each class (all when 0), drawn with
-    ``seed``, in ascending (file) order."""
-    if per_class <= 0:
-        return np.arange(len(labels))
-    rng = np.random.default_rng(seed)
-    keep = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)]
-    return np.sort(np.concatenate(keep)) if keep else np.arange(0)
-
-
 def _write_csv(path: Path, rows: Iterable[tuple[int, str, str]]) -> None:
     """Write atomically, so processes that fetch at once never read half a file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
@@ -109,7 +99,7 @@ def download(root: Path) -> None:
     try:
         ds = datasets.load_dataset(HF_NAME)
     except Exception as err:  # noqa: BLE001  (offline, hub errors: all mean "not fetched")
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        reason = error_reason(err)
         raise ConfigError(
             f"config field 'data.download' = true: could not fetch {HF_NAME!r} through Hugging "
             f"Face datasets ({reason}); put train.csv and test.csv into data.root "
@@ -145,7 +135,7 @@ def _load(
     out = []
     for name, cap in zip(FILES, (train_per_class, test_per_class)):
         labels, texts = read_csv(folder / name, len(names))
-        keep = _capped(labels, cap, seed)
+        keep = cap_per_class(labels, cap, seed)
         y = labels[keep]
         y.setflags(write=False)  # cached and shared: nobody may change it
         out.append(Split(y, names, tuple(texts[i] for i in keep)))

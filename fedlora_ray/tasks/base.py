@@ -100,7 +100,13 @@ def cap_per_class(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
         return np.arange(len(labels))
     rng = np.random.default_rng(seed)
     keep = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)]
-    return np.sort(np.concatenate(keep))
+    return np.sort(np.concatenate(keep)) if keep else np.arange(0)
+
+
+def error_reason(err: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type when empty), cut to ``limit``
+    characters: what a ConfigError quotes of a loader's failure, without its traceback."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:limit]
 
 
 DatasetLoader = Callable[[DataConfig], tuple[Split, Split]]

@@ -15,19 +15,16 @@ default means DistilBERT's ``[q_lin, v_lin]`` (``lora_targets``); any other list
 
 from __future__ import annotations
 
-import dataclasses
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from peft import get_peft_model
 from torch import nn
 
 from fedlora_ray.config import ConfigError, ModelConfig
 from fedlora_ray.lora import model as bert
-from fedlora_ray.tasks.base import Batches, ModelFamily, Split, register_model
+from fedlora_ray.tasks.base import Batches, ModelFamily, Split, error_reason, register_model
 from fedlora_ray.tasks.bert import tokenize
 
 DEFAULT_HUB_ID = "distilbert-base-uncased"
@@ -90,7 +87,7 @@ class DistilBertFamily(ModelFamily):
         try:
             return load(source)
         except (OSError, ValueError) as err:
-            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            reason = error_reason(err)
             if Path(source).is_dir():
                 what = (
                     f"the folder {source!r} does not hold a DistilBERT saved with save_pretrained "
@@ -153,20 +150,9 @@ class DistilBertFamily(ModelFamily):
     def build(self, cfg: ModelConfig, num_labels: int, seed: int) -> nn.Module:
         """As ``fedlora_ray.lora.model.build_model``, with LoRA on ``lora_targets(cfg)``."""
         encoder = self.build_encoder(cfg, seed)
-        torch.manual_seed(seed + 1)
-        lora = bert.lora_config(dataclasses.replace(cfg, target_modules=self.lora_targets(cfg)))
-        with warnings.catch_warnings():
-            # peft reads the model's deprecated `is_gradient_checkpointing` (transformers 5 warns)
-            warnings.filterwarnings(
-                "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
-            )
-            peft_encoder = get_peft_model(encoder, lora)
+        peft_encoder = bert.with_lora(encoder, cfg, self.lora_targets(cfg), seed)
         hidden = int(encoder.config.hidden_size)  # type: ignore[union-attr,arg-type]
-        model = bert.TextClassifier(peft_encoder, hidden, num_labels)
-        for p in model.head.parameters():
-            p.requires_grad_(cfg.train_head)
-        model.eval()
-        return model
+        return bert.frozen_but_adapter(bert.TextClassifier(peft_encoder, hidden, num_labels), cfg)
 
     def prepare(self, cfg: ModelConfig, split: Split, device: torch.device | None = None) -> Batches:
         return tokenize(self.load_tokenizer(cfg), split.examples, split.labels, cfg.max_length)

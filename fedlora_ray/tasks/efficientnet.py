@@ -37,7 +37,6 @@ seed, so the cached features and the trained model agree.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import json
@@ -305,22 +304,16 @@ class EfficientNetFamily(ModelFamily):
         """Base (pretrained, or random from ``RANDOM_BASE_SEED``), LoRA on ``lora_targets(cfg)``
         and the head seeded with ``seed + 1``; only LoRA (and the head when ``train_head``)
         require grad. With ``model.feature_cache`` the model takes the cached features."""
-        from peft import get_peft_model
-
-        from fedlora_ray.lora.model import lora_config
+        from fedlora_ray.lora.model import frozen_but_adapter, with_lora
 
         targets = self.lora_targets(cfg)
         encoder = self.build_encoder(cfg)
         hidden = int(encoder.num_features)  # type: ignore[arg-type]
-        torch.manual_seed(seed + 1)
-        peft_encoder = get_peft_model(encoder, lora_config(dataclasses.replace(cfg, target_modules=targets)))
+        peft_encoder = with_lora(encoder, cfg, targets, seed)
         model = EfficientNetClassifier(
             peft_encoder, min(self._stages(cfg)), cfg.feature_cache, hidden, num_labels
         )
-        for p in model.head.parameters():
-            p.requires_grad_(cfg.train_head)
-        model.eval()
-        return model
+        return frozen_but_adapter(model, cfg)
 
     def prepare(
         self, cfg: ModelConfig, split: Split, device: torch.device | None = None

@@ -3,6 +3,7 @@ float input a whole batch at a time on the training device."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,6 +11,17 @@ import torch
 import torch.nn.functional as F
 
 from fedlora_ray.tasks.base import Split
+
+
+@functools.lru_cache(maxsize=8)
+def _channel_stats(
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std as 1 x 3 x 1 x 1 tensors on ``device``, made once rather than copied to the
+    device with every batch."""
+    return torch.tensor(mean, device=device).view(1, 3, 1, 1), torch.tensor(std, device=device).view(
+        1, 3, 1, 1
+    )
 
 
 @dataclass(frozen=True)
@@ -36,8 +48,7 @@ class ImageBatches:
             x = F.interpolate(
                 x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=False
             )
-        mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
+        mean, std = _channel_stats(self.mean, self.std, device)
         return ((x - mean) / std,), self.labels[idx].to(device, non_blocking=True)
 
     def eval_order(self) -> torch.Tensor:

@@ -19,7 +19,6 @@ normalised with the weights' mean and std there, a whole batch at a time.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 from pathlib import Path
@@ -202,20 +201,13 @@ class VitFamily(ModelFamily):
         """As ``fedlora_ray.lora.model.build_model``: base seeded with ``seed``, LoRA on
         ``lora_targets(cfg)`` and the head seeded with ``seed + 1``; only LoRA (and the head
         when ``train_head``) require grad."""
-        from peft import get_peft_model
-
-        from fedlora_ray.lora.model import lora_config
+        from fedlora_ray.lora.model import frozen_but_adapter, with_lora
 
         targets = self.lora_targets(cfg)
         encoder = self.build_encoder(cfg, seed)
         hidden = int(encoder.num_features)  # type: ignore[arg-type]
-        torch.manual_seed(seed + 1)
-        peft_encoder = get_peft_model(encoder, lora_config(dataclasses.replace(cfg, target_modules=targets)))
-        model = VisionClassifier(peft_encoder, hidden, num_labels)
-        for p in model.head.parameters():
-            p.requires_grad_(cfg.train_head)
-        model.eval()
-        return model
+        peft_encoder = with_lora(encoder, cfg, targets, seed)
+        return frozen_but_adapter(VisionClassifier(peft_encoder, hidden, num_labels), cfg)
 
     def prepare(self, cfg: ModelConfig, split: Split, device: torch.device | None = None) -> ImageBatches:
         return image_batches(split, self.image_size(cfg), *self._mean_std(cfg))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedlora_ray.config import ConfigError, ModelConfig
+from fedlora_ray.tasks.base import error_reason
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # in a folder, looked for first
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
@@ -51,7 +52,7 @@ def local_weights_file(cfg: ModelConfig) -> str:
 def load_error(cfg: ModelConfig, origin: str, where: str, arch: str, err: BaseException) -> ConfigError:
     """The error for weights that did not load: the first line of the reason, and for the hub
     what to do offline."""
-    reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+    reason = error_reason(err, 300)
     if origin == "file":
         return weights_error(cfg, f"could not load {where!r} into timm's {arch} ({reason})")
     return weights_error(
