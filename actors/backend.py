@@ -13,8 +13,9 @@ import ray
 from ray.exceptions import RayActorError
 
 from actors.client import ClientActor
+from actors.launch import choose_pool
 from fedlora_ray.algorithm.messages import ClientReply, ClientTask
-from fedlora_ray.algorithm.schedule import balance
+from fedlora_ray.algorithm.schedule import balance, cut_passes
 from fedlora_ray.config import RunConfig
 from fedlora_ray.lora.adapter import Adapter
 from fedlora_ray.train import EvalResult
@@ -24,18 +25,35 @@ MAX_ATTEMPTS = 3  # a batch whose worker died this many times fails the round
 
 class RayBackend:
     def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
         rt = cfg.runtime
+        self.num_actors, self.chosen_by = choose_pool(cfg)
         options = {
             "num_cpus": rt.num_cpus_per_actor,
             "num_gpus": rt.num_gpus_per_actor,
             "max_restarts": MAX_ATTEMPTS,  # a dead actor comes back; its batches are retried by us
             "max_task_retries": 0,
         }
-        self.actors = [ClientActor.options(**options).remote(cfg, f"actor-{i}") for i in range(rt.num_actors)]  # type: ignore[attr-defined]
+        self.actors = [
+            ClientActor.options(**options).remote(cfg, f"actor-{i}")  # type: ignore[attr-defined]
+            for i in range(self.num_actors)
+        ]
         ray.get([a.info.remote() for a in self.actors])  # wait until every actor is built
 
     def describe(self) -> list[dict[str, Any]]:
         return ray.get([a.info.remote() for a in self.actors])
+
+    def pool(self) -> dict[str, Any]:
+        rt = self.cfg.runtime
+        return {
+            "backend": "ray",
+            "num_actors": self.num_actors,
+            "chosen_by": self.chosen_by,
+            "num_cpus_per_actor": rt.num_cpus_per_actor,
+            "num_gpus_per_actor": rt.num_gpus_per_actor,
+            "clients_per_pass": rt.clients_per_pass,
+            "precision": rt.precision,
+        }
 
     def initial_adapter(self) -> Adapter:
         return ray.get(self.actors[0].initial_adapter.remote())
@@ -62,10 +80,17 @@ class RayBackend:
 
     def train(self, global_adapter: Adapter, tasks: list[ClientTask]) -> list[ClientReply]:
         ref = ray.put(global_adapter)  # once per round, shared by every actor on the node
-        bins = balance([len(t.indices) for t in tasks], len(self.actors))
-        jobs = [(i, (ref, [tasks[k] for k in chosen])) for i, chosen in enumerate(bins) if chosen]
+        # the same passes as the serial backend's, whatever the pool: then the same numbers
+        sizes = [len(t.indices) for t in tasks]
+        passes = cut_passes(sizes, self.cfg.runtime.clients_per_pass)
+        bins = balance([sum(sizes[k] for k in p) for p in passes], len(self.actors))
+        jobs = [
+            (i, (ref, [[tasks[k] for k in passes[j]] for j in chosen]))
+            for i, chosen in enumerate(bins)
+            if chosen
+        ]
         replies = []
-        for attempt, batch in self._run("train", jobs):
+        for attempt, batch in self._run("train_passes", jobs):
             for reply in batch:
                 reply.attempt = attempt
             replies += batch

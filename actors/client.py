@@ -48,8 +48,8 @@ class ClientActor:
     def initial_adapter(self) -> Adapter:
         return self.trainer.initial_adapter()
 
-    def train(self, global_adapter: Adapter, tasks: list[ClientTask]) -> list[ClientReply]:
-        return self.trainer.train(global_adapter, tasks)
+    def train_passes(self, global_adapter: Adapter, passes: list[list[ClientTask]]) -> list[ClientReply]:
+        return self.trainer.train_passes(global_adapter, passes)
 
     def evaluate(self, global_adapter: Adapter, part: int, parts: int) -> EvalResult:
         return self.trainer.evaluate(global_adapter, part, parts)

@@ -11,6 +11,7 @@ gets that long to add nodes). A port that accepts TCP but is not a Ray GCS is no
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import socket
@@ -150,16 +151,24 @@ def _bundle(rt: RuntimeConfig) -> dict[str, float]:
     return {k: v for k, v in (("CPU", rt.num_cpus_per_actor), ("GPU", rt.num_gpus_per_actor)) if v > 0}
 
 
+def _actors(rt: RuntimeConfig) -> int:
+    """``runtime.num_actors`` of a config whose pool is sized (``with_pool``)."""
+    if not isinstance(rt.num_actors, int):
+        raise ValueError("runtime.num_actors is 'auto': size the pool first (with_pool)")
+    return rt.num_actors
+
+
 def pool_needs(cfg: RunConfig) -> str:
     """The pool's needs in words, with the fields they come from."""
     rt = cfg.runtime
+    n = _actors(rt)
     parts = [
-        f"{_n(rt.num_actors * rt.num_cpus_per_actor)} CPUs (runtime.num_actors={rt.num_actors} x "
+        f"{_n(n * rt.num_cpus_per_actor)} CPUs (runtime.num_actors={rt.num_actors} x "
         f"runtime.num_cpus_per_actor={rt.num_cpus_per_actor})"
     ]
     if rt.num_gpus_per_actor > 0:
         parts.append(
-            f"{_n(rt.num_actors * rt.num_gpus_per_actor)} GPUs (runtime.num_actors={rt.num_actors} x "
+            f"{_n(n * rt.num_gpus_per_actor)} GPUs (runtime.num_actors={rt.num_actors} x "
             f"runtime.num_gpus_per_actor={rt.num_gpus_per_actor})"
         )
     return " and ".join(parts)
@@ -195,12 +204,54 @@ def _actors_fitting(node: dict[str, float], cpu: float, gpu: float) -> float:
     return min(counts)
 
 
+def choose_pool(cfg: RunConfig) -> tuple[int, str]:
+    """(client actors, how they were chosen). ``runtime.num_actors: auto`` takes as many actors of
+    the per-actor share (GPUs, or CPUs when the share has no GPU) as the cluster's nodes hold
+    now, but no more than the passes of a round: more actors would sit idle holding a model."""
+    rt = cfg.runtime
+    if rt.num_actors != "auto":
+        return int(rt.num_actors), "runtime.num_actors"
+    cpu, gpu = rt.num_cpus_per_actor, rt.num_gpus_per_actor
+    fits = sum(_actors_fitting(node, cpu, gpu) for node in _alive_nodes())
+    passes = -(-cfg.federation.clients_per_round // rt.clients_per_pass)
+    if fits == math.inf:
+        raise ConfigError(
+            "config field 'runtime.num_actors' = 'auto': the actors reserve no resources "
+            "(runtime.num_cpus_per_actor = 0 and runtime.num_gpus_per_actor = 0), so there is no "
+            "share to fill the cluster with; give a share or a number of actors"
+        )
+    if fits < 1:
+        check_placement(dataclasses.replace(cfg, runtime=dataclasses.replace(rt, num_actors=1)))
+    unit = f"{_n(gpu)} GPU" if gpu > 0 else f"{_n(cpu)} CPU"
+    count = max(1, min(int(fits), passes))
+    return count, (
+        f"auto: the cluster ({cluster_has()}) holds {_n(fits)} actors of {unit}; a round has "
+        f"{passes} passes (federation.clients_per_round={cfg.federation.clients_per_round}, "
+        f"runtime.clients_per_pass={rt.clients_per_pass})"
+    )
+
+
+def with_pool(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with ``runtime.num_actors`` resolved to a number."""
+    return dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, num_actors=choose_pool(cfg)[0]))
+
+
+def pool_line(cfg: RunConfig) -> str:
+    """The pool in one line, printed at start."""
+    rt = cfg.runtime
+    count, how = choose_pool(cfg)
+    return (
+        f"pool: {count} client actors x ({_n(rt.num_cpus_per_actor)} CPU, {_n(rt.num_gpus_per_actor)} GPU), "
+        f"{rt.clients_per_pass} clients per pass, {rt.precision} ({how})"
+    )
+
+
 def check_placement(cfg: RunConfig) -> None:
     """On a cluster that cannot grow (a local one), fail before any work when the pool cannot
     be placed: the actors would wait forever. Checks the totals, one actor against the largest
     node, and how many actors the nodes hold together."""
     rt = cfg.runtime
-    cpu, gpu, n = rt.num_cpus_per_actor, rt.num_gpus_per_actor, rt.num_actors
+    cpu, gpu, n = rt.num_cpus_per_actor, rt.num_gpus_per_actor, _actors(rt)
     total = ray.cluster_resources()
     if gpu > 0 and total.get("GPU", 0) == 0:
         raise ConfigError(
@@ -249,7 +300,7 @@ def reserve_pool(cfg: RunConfig) -> PlacementGroup | None:
     bundle = _bundle(rt)
     if not bundle:
         return None
-    pg = placement_group([dict(bundle) for _ in range(rt.num_actors)], strategy="PACK")
+    pg = placement_group([dict(bundle) for _ in range(_actors(rt))], strategy="PACK")
     if pg.wait(timeout_seconds=rt.placement_timeout_s):
         return pg
     remove_placement_group(pg)
@@ -281,9 +332,12 @@ def run_on_ray(cfg: RunConfig, run_dir: str | Path | None, resume: bool = False)
     Ray restarts a killed driver, which then resumes by itself."""
     started = connect(cfg)
     try:
+        sized = with_pool(cfg)  # the cluster's size decides runtime.num_actors: auto
         if started or _started_here():
-            check_placement(cfg)  # a local cluster never grows: fail now
-        pool = reserve_pool(cfg)
+            check_placement(sized)  # a local cluster never grows: fail now
+        if cfg.runtime.progress:
+            print(pool_line(cfg), flush=True)
+        pool = reserve_pool(sized)
         if pool is not None:
             remove_placement_group(pool)  # the actors now take its place (known to fit)
         from actors.driver import DriverActor  # imports torch: only once the pool is known to fit

@@ -38,6 +38,16 @@ class SerialBackend:
     def describe(self) -> list[dict[str, Any]]:
         return [self.trainer.describe()]
 
+    def pool(self) -> dict[str, Any]:
+        rt = self.trainer.cfg.runtime
+        return {
+            "backend": "serial",
+            "num_actors": 1,
+            "device": str(self.trainer.device),
+            "clients_per_pass": rt.clients_per_pass,
+            "precision": rt.precision,
+        }
+
     def close(self) -> None:
         pass
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,24 @@ class LocalResult:
     steps: int
 
 
+def autocast(device: torch.device, precision: str) -> AbstractContextManager[None]:
+    """``runtime.precision``: 'bf16' runs the forward under bfloat16 autocast (the trained LoRA
+    factors and the optimiser stay float32), 'fp32' leaves it in float32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def client_batches(indices: np.ndarray, epochs: int, batch_size: int, seed: int) -> list[torch.Tensor]:
+    """The example indices of each of a client's local steps: every epoch a fresh shuffle drawn
+    from the client's round seed, cut into batches in order."""
+    gen = torch.Generator().manual_seed(seed)
+    idx_all = torch.tensor(np.asarray(indices), dtype=torch.long)  # copy: Ray hands read-only arrays
+    out = []
+    for _ in range(epochs):
+        order = idx_all[torch.randperm(len(idx_all), generator=gen)]
+        out += [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    return out
+
+
 def train_local(
     model: nn.Module,
     data: Batches,
@@ -34,6 +53,7 @@ def train_local(
     lora_pairs: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
     lambda_o: float = 0.0,
     orth_scaled: bool = False,
+    precision: str = "fp32",
 ) -> LocalResult:
     """E epochs of AdamW on the client's examples [seed II-B]. The model already holds the
     global adapter; a fresh optimiser per round, as each client restarts from the global
@@ -43,26 +63,25 @@ def train_local(
     ``orth_scaled``; the logged loss is the task loss alone."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    gen = torch.Generator().manual_seed(seed)
+    batches = client_batches(indices, epochs, batch_size, seed)
     torch.manual_seed(seed)  # dropout
-    idx_all = torch.tensor(np.asarray(indices), dtype=torch.long)  # copy: Ray hands read-only arrays
     model.train()
     total, steps = torch.zeros((), device=device), 0
-    for _ in range(epochs):
-        order = idx_all[torch.randperm(len(idx_all), generator=gen)]
-        for start in range(0, len(order), batch_size):
-            inputs, y = data.batch(order[start : start + batch_size], device)
-            loss = F.cross_entropy(model(*inputs), y)
-            objective = (
-                loss + lambda_o * orthogonal_penalty(lora_pairs, orth_scaled)
-                if lambda_o > 0 and lora_pairs
-                else loss
-            )
-            opt.zero_grad(set_to_none=True)
-            objective.backward()
-            opt.step()
-            total += loss.detach()
-            steps += 1
+    for idx in batches:
+        inputs, y = data.batch(idx, device)
+        with autocast(device, precision):
+            logits = model(*inputs)
+        loss = F.cross_entropy(logits.float(), y)
+        objective = (
+            loss + lambda_o * orthogonal_penalty(lora_pairs, orth_scaled)
+            if lambda_o > 0 and lora_pairs
+            else loss
+        )
+        opt.zero_grad(set_to_none=True)
+        objective.backward()
+        opt.step()
+        total += loss.detach()
+        steps += 1
     model.eval()
     return LocalResult(float(total) / max(steps, 1), steps)
 
@@ -102,7 +121,13 @@ class EvalResult:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, data: Batches, batch_size: int, device: torch.device, part: int = 0, parts: int = 1
+    model: nn.Module,
+    data: Batches,
+    batch_size: int,
+    device: torch.device,
+    part: int = 0,
+    parts: int = 1,
+    precision: str = "fp32",
 ) -> EvalResult:
     """Loss and correct count of every ``parts``-th batch of the whole split, from ``part``.
     Examples are taken in length order so batches carry little padding; the batches are cut
@@ -114,7 +139,8 @@ def evaluate(
         if b % parts != part:
             continue
         inputs, y = data.batch(idx[start : start + batch_size], device)
-        logits = model(*inputs)
+        with autocast(device, precision):
+            logits = model(*inputs).float()
         loss = float(F.cross_entropy(logits, y, reduction="sum"))
         out.append((b, loss, int((logits.argmax(-1) == y).sum()), len(y)))
     return EvalResult(tuple(out))

@@ -15,7 +15,7 @@ import pytest
 import ray
 
 from actors import launch
-from actors.launch import check_placement, check_reachable, run_on_ray
+from actors.launch import check_placement, check_reachable, choose_pool, run_on_ray
 from fedlora_ray.config import ConfigError
 from tests.conftest import ROOT, tiny_config, wait_for
 
@@ -193,3 +193,33 @@ def test_per_node_limits(monkeypatch):
     _fake_cluster(monkeypatch, [{"CPU": 8}])
     with pytest.raises(ConfigError, match="has no GPUs"):
         check_placement(tiny_config("runtime.num_gpus_per_actor=0.5"))
+
+
+def test_auto_pool_fills_the_gpus_or_the_cpus_but_not_past_the_passes(monkeypatch):
+    auto = ("runtime.num_actors=auto", "federation.num_clients=40", "federation.clients_per_round=10")
+    gpu_share = ("runtime.num_gpus_per_actor=0.25", "runtime.num_cpus_per_actor=2")
+    _fake_cluster(monkeypatch, [{"CPU": 16, "GPU": 1}, {"CPU": 16, "GPU": 1}])
+    count, how = choose_pool(tiny_config(*auto, *gpu_share))
+    assert count == 8 and how.startswith("auto") and "holds 8 actors of 0.25 GPU" in how  # 4 per GPU
+    # 10 clients in passes of 4 make 3 passes: a fourth actor would sit idle
+    assert choose_pool(tiny_config(*auto, *gpu_share, "runtime.clients_per_pass=4"))[0] == 3
+    # CPUs only: CPU shares (the GPUs are someone else's)
+    assert choose_pool(tiny_config(*auto, "runtime.num_cpus_per_actor=3"))[0] == 10  # 5 per node
+    assert choose_pool(tiny_config("runtime.num_actors=3"))[1] == "runtime.num_actors"
+    _fake_cluster(monkeypatch, [{"CPU": 8}])
+    with pytest.raises(ConfigError, match="has no GPUs"):
+        choose_pool(tiny_config(*auto, *gpu_share))
+    with pytest.raises(ConfigError, match="reserve no resources"):
+        choose_pool(tiny_config(*auto, "runtime.num_cpus_per_actor=0"))
+
+
+def test_an_auto_pool_is_printed_and_written_to_the_summary(ray_session, tmp_path, capsys):
+    """The shared cluster has 4 CPUs: a round of 3 clients gets 3 one-CPU actors."""
+    cfg = tiny_config("runtime.backend=ray", "runtime.num_actors=auto", "runtime.progress=true")
+    summary = run_on_ray(cfg, tmp_path / "run")
+    printed = capsys.readouterr().out
+    assert "pool: 3 client actors x (1 CPU, 0 GPU), 1 clients per pass, fp32 (auto:" in printed
+    pool = json.loads((tmp_path / "run" / "summary.json").read_text())["pool"]
+    assert pool == summary["pool"] and pool["num_actors"] == 3 and pool["chosen_by"].startswith("auto")
+    assert len(summary["workers"]) == 3
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["runtime"]["num_actors"] == "auto"

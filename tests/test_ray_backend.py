@@ -32,10 +32,15 @@ EXACT_CLIENT_COLUMNS = [
 ]  # fmt: skip
 
 
-def test_serial_and_ray_with_one_and_two_actors_give_the_same_numbers(ray_session, tmp_path):
+@pytest.mark.parametrize("per_pass", [1, 2])
+def test_serial_and_ray_with_one_and_two_actors_give_the_same_numbers(ray_session, tmp_path, per_pass):
     """SOFT with error feedback over 3 rounds, so client state travels to and from the actors
-    (with 6 clients and 3 per round, clients come back with their residuals)."""
-    common = ("federation.rounds=3", "compression.method=soft", "compression.keep_ratio=0.2")
+    (with 6 clients and 3 per round, clients come back with their residuals). With 2 clients
+    per pass a round is a pass of two and a pass of one, the same passes on any pool."""
+    common = (
+        "federation.rounds=3", "compression.method=soft", "compression.keep_ratio=0.2",
+        f"runtime.clients_per_pass={per_pass}",
+    )  # fmt: skip
     run_serial(tiny_config(*common), tmp_path / "serial")
     for n in (1, 2):
         run_on_ray(

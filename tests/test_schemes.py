@@ -18,7 +18,7 @@ from fedlora_ray.algorithm.server_opt import ServerOptState, server_step
 from fedlora_ray.compress import apply_payload
 from fedlora_ray.compress.base import rank_component_positions
 from fedlora_ray.config import replace
-from fedlora_ray.lora.adapter import Adapter, get_adapter, lora_parameters, set_adapter
+from fedlora_ray.lora.adapter import Adapter, lora_parameters, set_adapter
 from fedlora_ray.lora.rank_mask import lora_b_modules, rank_mask
 
 RANK = 8
@@ -40,9 +40,16 @@ def _start(trainer: ClientTrainer, seed: int = 0) -> Adapter:
 
 
 def _train_one(trainer: ClientTrainer, start: Adapter, components: int | None, client: int = 1):
+    """The client's reply and its locally trained factors, as the scheme received them."""
     task = ClientTask(client, 1, 1234 + client, np.arange(0, 40), {}, None, components)
-    (reply,) = trainer.train(start, [task])
-    return reply, get_adapter(trainer.model)
+    seen = []
+    upload = trainer.scheme.upload
+    trainer.scheme.upload = lambda update: seen.append(update) or upload(update)  # type: ignore[method-assign]
+    try:
+        (reply,) = trainer.train(start, [task])
+    finally:
+        del trainer.scheme.upload
+    return reply, Adapter(seen[0].local, reply.head)
 
 
 @pytest.fixture(scope="module")

@@ -26,4 +26,9 @@ class Backend(Protocol):
         """One entry per worker: its id, device and peak memory (goes into summary.json)."""
         ...
 
+    def pool(self) -> dict[str, Any]:
+        """The workers as chosen: backend, actor count and how it was chosen, per-actor shares,
+        clients per pass, precision (goes into summary.json)."""
+        ...
+
     def close(self) -> None: ...

@@ -15,29 +15,29 @@ from typing import Any
 import torch
 
 from fedlora_ray.algorithm.messages import ClientReply, ClientTask
+from fedlora_ray.algorithm.schedule import cut_passes
 from fedlora_ray.algorithm.schemes import make_scheme
 from fedlora_ray.algorithm.schemes.base import LocalUpdate
+from fedlora_ray.batched.loop import ClientWork, train_pass
 from fedlora_ray.config import RunConfig
 from fedlora_ray.lora import Adapter, get_adapter, set_adapter
 from fedlora_ray.lora.adapter import lora_parameters
 from fedlora_ray.lora.rank_mask import lora_b_modules, rank_mask
 from fedlora_ray.tasks import load_splits, model_family
-from fedlora_ray.train import EvalResult, evaluate, train_local
+from fedlora_ray.train import EvalResult, LocalResult, evaluate, train_local
 
 
-def restore_outside(params: dict[str, tuple[torch.nn.Parameter, torch.nn.Parameter]], global_lora: Adapter,
-                    components: dict[str, torch.Tensor]) -> None:  # fmt: skip
+def restore_outside(local: Adapter, global_lora: Adapter, components: dict[str, torch.Tensor]) -> None:
     """Put the global values back in the entries outside the trained components. They had zero
-    gradient and never entered the forward; only AdamW's decoupled weight decay moved them, so
-    this is the same as having frozen them."""
-    with torch.no_grad():
-        for m, idx in components.items():
-            b, a = (p.flatten(1) for p in params[m])  # views: a 1x1 conv's factors as matrices
-            outside = torch.ones(b.shape[1], dtype=torch.bool)
-            outside[idx] = False
-            gb, ga = global_lora.lora[m]
-            b[:, outside] = gb[:, outside].to(b.device)
-            a[outside, :] = ga[outside, :].to(a.device)
+    gradient from the task loss and never entered the forward; only AdamW's decoupled weight
+    decay (and SOFT's regulariser) moved them, so this is the same as having frozen them."""
+    for m, idx in components.items():
+        b, a = local.lora[m]
+        outside = torch.ones(b.shape[1], dtype=torch.bool)
+        outside[idx] = False
+        gb, ga = global_lora.lora[m]
+        b[:, outside] = gb[:, outside]
+        a[outside, :] = ga[outside, :]
 
 
 class ClientTrainer:
@@ -75,61 +75,99 @@ class ClientTrainer:
         return self._initial.clone()
 
     def train(self, global_adapter: Adapter, tasks: list[ClientTask]) -> list[ClientReply]:
-        """Each task's local round: load the global adapter, train the scheme's components, and
-        let the scheme make the upload and the client's new state."""
-        fed, scheme = self.cfg.federation, self.scheme
-        modules = list(self._lora_params)
+        """The tasks' local rounds, cut into passes of ``runtime.clients_per_pass``."""
+        per_pass = self.cfg.runtime.clients_per_pass
+        passes = cut_passes([len(t.indices) for t in tasks], per_pass)
+        return self.train_passes(global_adapter, [[tasks[i] for i in p] for p in passes])
+
+    def train_passes(self, global_adapter: Adapter, passes: list[list[ClientTask]]) -> list[ClientReply]:
+        """Each pass's local rounds: load the global adapter, train the scheme's components (one
+        client at a time, or a pass's clients together), and let the scheme make each upload
+        and the client's new state."""
         replies = []
-        for task in tasks:
+        for tasks in passes:
             start = time.perf_counter()
-            set_adapter(self.model, global_adapter)
-            components = scheme.components(task.seed, modules, task.components)
-            masked: AbstractContextManager[None] = nullcontext()
-            if components is not None:
-                masked = rank_mask(self._lora_b, scheme.component_scale(components))
-            with masked:
-                result = train_local(
-                    self.model,
-                    self.train_data,
-                    task.indices,
-                    epochs=fed.local_epochs,
-                    batch_size=fed.batch_size,
-                    lr=fed.lr,
-                    weight_decay=fed.weight_decay,
-                    seed=task.seed,
-                    device=self.device,
-                    lora_pairs=self._lora_pairs,
-                    lambda_o=scheme.orthogonal_weight,
-                    orth_scaled=self.cfg.compression.orth_penalty == "scaled",
-                )
-            if components is not None:
-                restore_outside(self._lora_params, global_adapter, components)
-            local = get_adapter(self.model)
-            delta = {
-                m: (b - global_adapter.lora[m][0], a - global_adapter.lora[m][1])
-                for m, (b, a) in local.lora.items()
-            }
-            sent, state = scheme.upload(
-                LocalUpdate(delta, local.lora, components, task.keep_ratio, task.state, task.seed)
-            )
-            head_entries = sum(t.numel() for t in local.head.values())
-            replies.append(
-                ClientReply(
-                    client_id=task.client_id,
-                    examples=len(task.indices),
-                    steps=result.steps,
-                    local_loss=result.mean_loss,
-                    payload=sent.payload,
-                    head=local.head,
-                    kept_entries=sent.kept,
-                    bits_sent=sent.bits + self.cfg.compression.value_bits * head_entries,
-                    distortion=sent.distortion,
-                    train_seconds=time.perf_counter() - start,
-                    actor_id=self.actor_id,
-                    state=state,
-                )
-            )
+            modules = list(self._lora_params)
+            components = [self.scheme.components(t.seed, modules, t.components) for t in tasks]
+            if len(tasks) == 1 and self.cfg.runtime.clients_per_pass == 1:
+                trained = [self._train_one(global_adapter, tasks[0], components[0])]
+            else:
+                trained = self._train_together(global_adapter, tasks, components)
+            seconds = (time.perf_counter() - start) / len(tasks)  # a pass's time, shared evenly
+            for task, comp, (result, local) in zip(tasks, components, trained, strict=True):
+                replies.append(self._reply(global_adapter, task, comp, result, local, seconds))
         return replies
+
+    def _training_kwargs(self) -> dict[str, Any]:
+        cfg, scheme = self.cfg, self.scheme
+        return {
+            "epochs": cfg.federation.local_epochs,
+            "batch_size": cfg.federation.batch_size,
+            "lr": cfg.federation.lr,
+            "weight_decay": cfg.federation.weight_decay,
+            "device": self.device,
+            "lambda_o": scheme.orthogonal_weight,
+            "orth_scaled": cfg.compression.orth_penalty == "scaled",
+            "precision": cfg.runtime.precision,
+        }
+
+    def _train_one(
+        self, global_adapter: Adapter, task: ClientTask, components: dict[str, torch.Tensor] | None
+    ) -> tuple[LocalResult, Adapter]:
+        set_adapter(self.model, global_adapter)
+        masked: AbstractContextManager[None] = nullcontext()
+        if components is not None:
+            masked = rank_mask(self._lora_b, self.scheme.component_scale(components))
+        with masked:
+            result = train_local(
+                self.model, self.train_data, task.indices, seed=task.seed, lora_pairs=self._lora_pairs,
+                **self._training_kwargs(),
+            )  # fmt: skip
+        return result, get_adapter(self.model)
+
+    def _train_together(
+        self,
+        global_adapter: Adapter,
+        tasks: list[ClientTask],
+        components: list[dict[str, torch.Tensor] | None],
+    ) -> list[tuple[LocalResult, Adapter]]:
+        work = [
+            ClientWork(t.indices, t.seed, None if comp is None else self.scheme.component_scale(comp))
+            for t, comp in zip(tasks, components, strict=True)
+        ]
+        return train_pass(
+            self.model, self.train_data, work, global_adapter, train_a=self.scheme.trains_a,
+            **self._training_kwargs(),
+        )  # fmt: skip
+
+    def _reply(
+        self, global_adapter: Adapter, task: ClientTask, components: dict[str, torch.Tensor] | None,
+        result: LocalResult, local: Adapter, seconds: float,
+    ) -> ClientReply:  # fmt: skip
+        if components is not None:
+            restore_outside(local, global_adapter, components)
+        delta = {
+            m: (b - global_adapter.lora[m][0], a - global_adapter.lora[m][1])
+            for m, (b, a) in local.lora.items()
+        }
+        sent, state = self.scheme.upload(
+            LocalUpdate(delta, local.lora, components, task.keep_ratio, task.state, task.seed)
+        )
+        head_entries = sum(t.numel() for t in local.head.values())
+        return ClientReply(
+            client_id=task.client_id,
+            examples=len(task.indices),
+            steps=result.steps,
+            local_loss=result.mean_loss,
+            payload=sent.payload,
+            head=local.head,
+            kept_entries=sent.kept,
+            bits_sent=sent.bits + self.cfg.compression.value_bits * head_entries,
+            distortion=sent.distortion,
+            train_seconds=seconds,
+            actor_id=self.actor_id,
+            state=state,
+        )
 
     def evaluate(self, global_adapter: Adapter, part: int = 0, parts: int = 1) -> EvalResult:
         """Evaluate the ``part``-th of ``parts`` shares of the test split's batches, so that a pool
@@ -137,5 +175,6 @@ class ClientTrainer:
         combined sums are too."""
         set_adapter(self.model, global_adapter)
         return evaluate(
-            self.model, self.test_data, self.cfg.federation.eval_batch_size, self.device, part, parts
-        )
+            self.model, self.test_data, self.cfg.federation.eval_batch_size, self.device, part, parts,
+            self.cfg.runtime.precision,
+        )  # fmt: skip

@@ -193,6 +193,7 @@ class FederatedRun:
             "best_test_accuracy": max((r["test_accuracy"] for r in evaluated), default=None),
             "uplink_bits": sum(r["uplink_bits"] for r in self.history),
             "elapsed_seconds": time.perf_counter() - self._start,
+            "pool": self.backend.pool(),
             "workers": self.backend.describe(),
             "sim_time_s": self.state.sim_time,
             "rejected_uploads": sum(r["rejected"] or 0 for r in self.history),

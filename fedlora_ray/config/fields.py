@@ -23,9 +23,11 @@ def fld(
     ge: float | None = None,
     gt: float | None = None,
     le: float | None = None,
+    words: tuple[str, ...] | None = None,
 ) -> Any:
-    """A dataclass field with help text and its allowed range (checked by ``validate``)."""
-    meta = {"help": help, "choices": choices, "ge": ge, "gt": gt, "le": le}
+    """A dataclass field with help text and its allowed range (checked by ``validate``).
+    ``words``: the strings a number field (typed ``int | str``) also accepts, such as 'auto'."""
+    meta = {"help": help, "choices": choices, "ge": ge, "gt": gt, "le": le, "words": words}
     if isinstance(default, (list, dict)):
         raise TypeError("mutable defaults are not allowed in a frozen config")
     return field(default=default, metadata=meta)
@@ -342,13 +344,36 @@ class RuntimeConfig:
         "actors use the GPU Ray assigns them instead.",
         choices=("auto", "cpu", "cuda"),
     )
-    num_actors: int = fld(2, "Client actors in the pool (ray backend).", ge=1)
+    num_actors: int | str = fld(
+        2,
+        "Client actors in the pool (ray backend), or 'auto': as many as the Ray cluster holds at "
+        "runtime.num_gpus_per_actor GPUs each (at runtime.num_cpus_per_actor CPUs each when that "
+        "is 0), but no more than the passes of a round, ceil(federation.clients_per_round / "
+        "runtime.clients_per_pass). The chosen pool is printed at start and written to summary.json.",
+        ge=1,
+        words=("auto",),
+    )
     num_cpus_per_actor: float = fld(1.0, "CPUs Ray reserves per client actor.", ge=0)
     num_gpus_per_actor: float = fld(
         0.0,
         "GPUs per client actor; fractional (e.g. 0.25) packs actors on a GPU. The actor also "
         "caps its CUDA memory to this share, since Ray's fractional GPUs are not enforced.",
         ge=0,
+    )
+    clients_per_pass: int = fld(
+        1,
+        "Clients a client actor trains at once, in one forward and backward pass over their "
+        "concatenated batches, each with its own LoRA factors (docs/algorithms.md §12). 1 trains "
+        "them one after another. A round's clients are cut into passes of at most this many "
+        "(the same passes on any number of actors), and the passes are spread over the actors.",
+        ge=1,
+        le=4096,
+    )
+    precision: str = fld(
+        "fp32",
+        "Arithmetic of the forward passes: 'fp32', or 'bf16' (bfloat16 autocast, for GPUs; the "
+        "LoRA factors, the head and AdamW's state stay float32).",
+        choices=("fp32", "bf16"),
     )
     torch_threads: int = fld(1, "torch intra-op threads per client actor (and the serial backend).", ge=1)  # noqa: E501
     ray_address: str = fld(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,9 @@ from fedlora_ray.config.fields import WORDNET_NOUN_CATEGORIES, ConfigError, RunC
 def _coerce(path: str, value: Any, hint: Any) -> Any:
     """Turn a YAML value into the field's type, or raise naming the field."""
     origin = typing.get_origin(hint)
+    if origin is types.UnionType and set(typing.get_args(hint)) == {int, str}:
+        # a number that also takes a word ('auto'); _check_ranges checks which words
+        return value if isinstance(value, str) else _coerce(path, value, int)
     if origin is tuple:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
@@ -80,6 +84,11 @@ def _check_ranges(obj: Any, prefix: str = "") -> None:
             _check_ranges(value, path)
             continue
         m = f.metadata
+        if isinstance(value, str) and m.get("words") is not None:
+            if value not in m["words"]:
+                allowed = " or ".join([*(repr(w) for w in m["words"]), f"an integer >= {m['ge']}"])
+                raise ConfigError(f"config field '{path}' = {value!r}: allowed values are {allowed}")
+            continue
         if m.get("choices") is not None and value not in m["choices"]:
             allowed = ", ".join(repr(c) for c in m["choices"])
             raise ConfigError(f"config field '{path}' = {value!r}: allowed values are {allowed}")

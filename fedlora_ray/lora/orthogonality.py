@@ -16,14 +16,20 @@ _TINY = 1e-30  # floor of a squared norm: B starts at zero
 
 
 def _offdiag(gram: torch.Tensor) -> torch.Tensor:
-    return gram - torch.diag_embed(torch.diagonal(gram))
+    return gram - torch.diag_embed(torch.diagonal(gram, dim1=-2, dim2=-1))
 
 
 def _scaled(gram: torch.Tensor) -> torch.Tensor:
     """D^-1/2 G D^-1/2 with D = diag(G): the cosines between rank components, whatever their
     norms (a zero component contributes zeros)."""
-    norms = torch.diagonal(gram).clamp_min(_TINY).sqrt()
-    return gram / (norms[:, None] * norms[None, :])
+    norms = torch.diagonal(gram, dim1=-2, dim2=-1).clamp_min(_TINY).sqrt()
+    return gram / (norms[..., :, None] * norms[..., None, :])
+
+
+def _matrix(factor: torch.Tensor) -> torch.Tensor:
+    """A factor as a matrix, or a stack of matrices (C x d x r): a 1x1 convolution's peft
+    factor (d x r x 1 x 1) is read as the d x r matrix it is."""
+    return factor.flatten(1) if factor.dim() == 4 else factor
 
 
 def orthogonal_penalty(
@@ -32,12 +38,13 @@ def orthogonal_penalty(
     """Differentiable penalty over (B, A) pairs; add lambda_o times it to the task loss.
     ``scaled`` (``compression.orth_penalty: scaled``, ours) divides each Gram matrix by its
     diagonal first, so that B, whose entries are about 100 times smaller than A's, is pushed
-    towards orthogonality as hard as A. Factors of 1x1 convolutions are read as matrices."""
+    towards orthogonality as hard as A. Factors of 1x1 convolutions are read as matrices; stacked
+    factors (C x d x r, C x r x k: several clients' at once) give the sum of their penalties."""
     gram = _scaled if scaled else (lambda g: g)
     total = None
     for b, a in pairs:
-        b, a = b.flatten(1), a.flatten(1)
-        term = _offdiag(gram(a @ a.t())).square().sum() + _offdiag(gram(b.t() @ b)).square().sum()
+        b, a = _matrix(b), _matrix(a)
+        term = _offdiag(gram(a @ a.mT)).square().sum() + _offdiag(gram(b.mT @ b)).square().sum()
         total = term if total is None else total + term
     assert total is not None, "no LoRA modules"
     return total

@@ -43,7 +43,11 @@ class Split:
 
 
 class Batches(Protocol):
-    """A split prepared for one model: batches cut by example index and moved to a device."""
+    """A split prepared for one model: batches cut by example index and moved to a device.
+
+    A text split that pads each batch to its longest example also has ``width(idx) -> int``,
+    the sequence width of the batch ``idx``: training several clients in one pass
+    (``runtime.clients_per_pass``) reads it to give each client its own dropout masks."""
 
     def __len__(self) -> int: ...
 

@@ -30,12 +30,16 @@ class Tokenized:
     def batch(self, idx: torch.Tensor, device: torch.device) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         """((input ids, attention mask), labels), trimmed to the batch's longest example."""
         mask = self.attention_mask[idx]
-        width = int(mask.sum(1).max())
+        width = self.width(idx)
         inputs = (
             self.input_ids[idx, :width].to(device, non_blocking=True),
             mask[:, :width].to(device, non_blocking=True),
         )
         return inputs, self.labels[idx].to(device, non_blocking=True)
+
+    def width(self, idx: torch.Tensor) -> int:
+        """The batch's sequence width: its longest example's tokens."""
+        return int(self.attention_mask[idx].sum(1).max())
 
     def eval_order(self) -> torch.Tensor:
         """Shortest examples first, so evaluation batches carry little padding."""
