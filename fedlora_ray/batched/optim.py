@@ -38,15 +38,29 @@ class StackedAdamW:
         beta1, beta2 = self.betas
         step_size = (self.lr / (1 - beta1**t)).float()
         root_bc2 = ((1 - beta2**t) ** 0.5).float()
+        on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         for p, m_all, v_all in zip(self.params, self.exp_avg, self.exp_avg_sq, strict=True):
             if p.grad is None:
                 continue
-            idx = rows.to(p.device)
+            if p.device not in on_device:
+                on_device[p.device] = (rows.to(p.device), step_size.to(p.device), root_bc2.to(p.device))
+            idx, size, root = on_device[p.device]
             shape = (-1, *([1] * (p.dim() - 1)))
-            g, x, m, v = p.grad[idx], p[idx], m_all[idx], v_all[idx]
-            x.mul_(1 - self.lr * self.weight_decay)
-            m.lerp_(g, 1 - beta1)
-            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            denom = (v.sqrt() / root_bc2.to(p.device).view(shape)).add_(self.eps)
-            x.sub_((m / denom) * step_size.to(p.device).view(shape))  # as addcdiv_: value * (m / denom)
+            if clients is None:  # every client steps: update in place, no gather and scatter
+                self._update(p, p.grad, m_all, v_all, size.view(shape), root.view(shape))
+                continue
+            x, m, v = p[idx], m_all[idx], v_all[idx]
+            self._update(x, p.grad[idx], m, v, size.view(shape), root.view(shape))
             p[idx], m_all[idx], v_all[idx] = x, m, v
+
+    def _update(
+        self, x: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, step_size: torch.Tensor,
+        root_bc2: torch.Tensor,
+    ) -> None:  # fmt: skip
+        """torch's AdamW update, in place, with per-client step sizes and bias corrections."""
+        beta1, beta2 = self.betas
+        x.mul_(1 - self.lr * self.weight_decay)
+        m.lerp_(g, 1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        denom = (v.sqrt() / root_bc2).add_(self.eps)
+        x.sub_((m / denom) * step_size)  # as addcdiv_: value * (m / denom)
