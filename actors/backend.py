@@ -38,7 +38,9 @@ class RayBackend:
             ClientActor.options(**options).remote(cfg, f"actor-{i}")  # type: ignore[attr-defined]
             for i in range(self.num_actors)
         ]
-        ray.get([a.info.remote() for a in self.actors])  # wait until every actor is built
+        # the actors start now; the first call (initial_adapter) waits until every one is built,
+        # so the driver's own start-up work overlaps theirs
+        self._ready = [a.info.remote() for a in self.actors]
 
     def describe(self) -> list[dict[str, Any]]:
         return ray.get([a.info.remote() for a in self.actors])
@@ -56,6 +58,7 @@ class RayBackend:
         }
 
     def initial_adapter(self) -> Adapter:
+        ray.get(self._ready)  # an actor that failed to build raises here
         return ray.get(self.actors[0].initial_adapter.remote())
 
     def _run(self, method: str, jobs: list[tuple[int, tuple[Any, ...]]]) -> list[tuple[int, Any]]:

@@ -191,7 +191,15 @@ def main() -> None:
     parser.add_argument("--cpu-check", action="store_true",
                         help="CPU: MiniLM, fp32, C = 10 and 4 against one at a time, no pools")  # fmt: skip
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument(
+        "--name", default="", help="file stem (default gpu_throughput, or gpu_throughput_cpu)"
+    )
+    parser.add_argument("--report", default="", help="only redraw the .md and .png of this results JSON")
     args = parser.parse_args()
+    if args.report:
+        path = Path(args.report)
+        write_report(json.loads(path.read_text()), path.parent, path.stem)
+        return
     gpu = torch.cuda.is_available()
     if args.cpu_check:
         args.models, args.per_pass, args.pools = ["minilm"], [4, 10], []
@@ -285,14 +293,21 @@ def main() -> None:
             "best_setup": best["setup"],
             "best_speedup_vs_sequential": best["updates_per_s"] / seq,
         }
-    out = Path(args.out)
+    summary["command"] = f"python benchmarks/gpu_throughput.py {' '.join(sys.argv[1:])}".strip()
+    summary["repeats"] = args.repeats
+    stem = args.name or ("gpu_throughput" if gpu else "gpu_throughput_cpu")
+    write_report(summary, Path(args.out), stem)
+
+
+def write_report(summary: dict[str, Any], out: Path, stem: str) -> None:
+    """OUT/STEM.{json,md,png} from the summary (``--report JSON`` redraws them from a JSON)."""
     out.mkdir(parents=True, exist_ok=True)
-    stem = "gpu_throughput" if gpu else "gpu_throughput_cpu"
+    rows = summary["rows"]
     (out / f"{stem}.json").write_text(json.dumps(summary, indent=2) + "\n")
     lines = [
-        f"# Client updates per second ({device_name})", "",
-        f"`python benchmarks/gpu_throughput.py {' '.join(sys.argv[1:])}`; {args.clients} clients per "
-        f"measurement, median of {args.repeats} interleaved repeats.", "",
+        f"# Client updates per second ({summary['device']})", "",
+        f"`{summary['command']}`; {summary['clients_per_measurement']} clients per measurement, median of "
+        f"{summary['repeats']} interleaved repeats.", "",
         "| model | precision | work | setup | updates/s | x sequential | GPU peak (GiB) |",
         "|---|---|---|---|---|---|---|",
     ]  # fmt: skip
@@ -305,9 +320,9 @@ def main() -> None:
         seq = sequential[(r["model"], r["precision"], r["work"])]
         mem = f"{r['gpu_peak_gib']:.2f}" if r["gpu_peak_gib"] else "-"
         lines.append(f"| {r['model']} | {r['precision']} | {r['work']} | {r['setup']} | "
-                     f"{r['updates_per_s']:.1f} | {r['updates_per_s'] / seq:.2f} | {mem} |")  # fmt: skip
+                     f"{r['updates_per_s']:.3g} | {r['updates_per_s'] / seq:.2f} | {mem} |")  # fmt: skip
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    _plot(rows, out / f"{stem}.png", device_name)
+    _plot(rows, out / f"{stem}.png", summary["device"])
     print(f"wrote {out / stem}.{{json,md,png}}")
 
 

@@ -22,8 +22,8 @@ def check_run(cfg: RunConfig) -> None:
 
 def check_model(cfg: RunConfig) -> None:
     """model.target_modules name linear modules of the base model, and the LoRA rank fits them."""
-    from fedlora_ray.lora.model import targets
     from fedlora_ray.tasks import model_family
+    from fedlora_ray.tasks.base import targets
 
     model = cfg.model
     family = model_family(model.name)

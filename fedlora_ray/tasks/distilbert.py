@@ -23,9 +23,8 @@ import torch
 from torch import nn
 
 from fedlora_ray.config import ConfigError, ModelConfig
-from fedlora_ray.lora import model as bert
 from fedlora_ray.tasks.base import Batches, ModelFamily, Split, error_reason, register_model
-from fedlora_ray.tasks.bert import tokenize
+from fedlora_ray.tasks.bert import builders, tokenize
 
 DEFAULT_HUB_ID = "distilbert-base-uncased"
 BERT_DEFAULT_TARGETS = ("query", "value")  # model.target_modules' default (BERT's names)
@@ -114,7 +113,7 @@ class DistilBertFamily(ModelFamily):
         (DistilBertConfig's defaults); the vocabulary is the tokenizer's."""
         from transformers import DistilBertConfig
 
-        vocab = int(bert.load_tokenizer(cfg).vocab_size)
+        vocab = int(builders().load_tokenizer(cfg).vocab_size)
         if self.tiny:
             return DistilBertConfig(
                 vocab_size=vocab,
@@ -129,15 +128,15 @@ class DistilBertFamily(ModelFamily):
     # --- the model ---------------------------------------------------------------------------
     def load_tokenizer(self, cfg: ModelConfig):  # type: ignore[no-untyped-def]
         if self._random(cfg):
-            return bert.load_tokenizer(cfg)  # MiniLM's: the same uncased WordPiece vocabulary
-        bert.quiet_transformers()
+            return builders().load_tokenizer(cfg)  # MiniLM's: the same uncased WordPiece vocabulary
+        builders().quiet_transformers()
         from transformers import AutoTokenizer
 
         return self._pretrained(cfg, AutoTokenizer.from_pretrained)
 
     def build_encoder(self, cfg: ModelConfig, seed: int) -> nn.Module:
         """The frozen base encoder; the random ones are a pure function of ``seed``."""
-        bert.quiet_transformers()
+        builders().quiet_transformers()
         from transformers import AutoModel, DistilBertModel
 
         torch.manual_seed(seed)
@@ -150,9 +149,9 @@ class DistilBertFamily(ModelFamily):
     def build(self, cfg: ModelConfig, num_labels: int, seed: int) -> nn.Module:
         """As ``fedlora_ray.lora.model.build_model``, with LoRA on ``lora_targets(cfg)``."""
         encoder = self.build_encoder(cfg, seed)
-        peft_encoder = bert.with_lora(encoder, cfg, self.lora_targets(cfg), seed)
+        peft_encoder = builders().with_lora(encoder, cfg, self.lora_targets(cfg), seed)
         hidden = int(encoder.config.hidden_size)  # type: ignore[union-attr,arg-type]
-        return bert.frozen_but_adapter(bert.TextClassifier(peft_encoder, hidden, num_labels), cfg)
+        return builders().frozen_but_adapter(builders().TextClassifier(peft_encoder, hidden, num_labels), cfg)
 
     def prepare(self, cfg: ModelConfig, split: Split, device: torch.device | None = None) -> Batches:
         return tokenize(self.load_tokenizer(cfg), split.examples, split.labels, cfg.max_length)
@@ -160,7 +159,7 @@ class DistilBertFamily(ModelFamily):
     def linear_modules(self, cfg: ModelConfig) -> dict[str, tuple[int, int]]:
         """Read from a weightless copy on the meta device (for a pretrained model, only its
         config.json is read)."""
-        bert.quiet_transformers()
+        builders().quiet_transformers()
         from transformers import AutoConfig, AutoModel, DistilBertModel
 
         if self._random(cfg):
