@@ -57,6 +57,9 @@ class RayBackend:
             "precision": rt.precision,
         }
 
+    def adapter_config_json(self) -> str:
+        return ray.get(self.actors[0].adapter_config_json.remote())
+
     def initial_adapter(self) -> Adapter:
         ray.get(self._ready)  # an actor that failed to build raises here
         return ray.get(self.actors[0].initial_adapter.remote())

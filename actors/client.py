@@ -48,6 +48,9 @@ class ClientActor:
     def initial_adapter(self) -> Adapter:
         return self.trainer.initial_adapter()
 
+    def adapter_config_json(self) -> str:
+        return self.trainer.adapter_config_json()
+
     def train_passes(self, global_adapter: Adapter, passes: list[list[ClientTask]]) -> list[ClientReply]:
         return self.trainer.train_passes(global_adapter, passes)
 

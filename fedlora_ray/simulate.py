@@ -29,6 +29,9 @@ class SerialBackend:
     def initial_adapter(self) -> Adapter:
         return self.trainer.initial_adapter()
 
+    def adapter_config_json(self) -> str:
+        return self.trainer.adapter_config_json()
+
     def train(self, global_adapter: Adapter, tasks: list[ClientTask]) -> list[ClientReply]:
         return self.trainer.train(global_adapter, tasks)
 

@@ -50,7 +50,8 @@ def test_a_cluster_yaml_with_a_typo_fails_the_same_check():
 def test_config_checks_and_the_driver_never_import_peft():
     """A run's start is lean: reading and validating a config imports neither transformers nor
     peft, the driver's code needs neither, and the preflight reads the model's shapes with
-    transformers alone (peft loads only where LoRA is built or saved)."""
+    transformers alone; the driver saves the adapter with peft's config text made by a worker
+    (peft loads only where LoRA is built)."""
     code = (
         "import sys\n"
         "from fedlora_ray.config import load_config\n"
@@ -59,6 +60,12 @@ def test_config_checks_and_the_driver_never_import_peft():
         "assert 'transformers' not in sys.modules and 'peft' not in sys.modules\n"
         "from fedlora_ray.preflight import check_run\n"
         "check_run(cfg)\n"
+        "import tempfile, torch\n"
+        "from fedlora_ray.lora.adapter import Adapter\n"
+        "from fedlora_ray.lora.save import save_adapter\n"
+        "pair = (torch.zeros(384, 8), torch.zeros(8, 384))\n"
+        "adapter = Adapter({'encoder.layer.0.attention.self.query': pair}, {})\n"
+        "save_adapter(adapter, cfg.model, ('a',), tempfile.mkdtemp() + '/adapter', '{}')\n"
         "assert 'peft' not in sys.modules\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)

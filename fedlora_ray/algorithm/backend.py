@@ -14,6 +14,11 @@ class Backend(Protocol):
         """The seeded initial global adapter (the same in every process)."""
         ...
 
+    def adapter_config_json(self) -> str:
+        """peft's adapter_config.json for the workers' model, made where peft is loaded (the
+        driver saves the adapter without importing it)."""
+        ...
+
     def train(self, global_adapter: Adapter, tasks: list[ClientTask]) -> list[ClientReply]:
         """Run the tasks' local updates from ``global_adapter``; replies in any order."""
         ...

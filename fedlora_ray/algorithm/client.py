@@ -73,6 +73,12 @@ class ClientTrainer:
     def initial_adapter(self) -> Adapter:
         return self._initial.clone()
 
+    def adapter_config_json(self) -> str:
+        """peft's adapter_config.json for this model (peft is loaded here already)."""
+        from fedlora_ray.lora.save import adapter_config_json
+
+        return adapter_config_json(self.cfg.model)
+
     def train(self, global_adapter: Adapter, tasks: list[ClientTask]) -> list[ClientReply]:
         """The tasks' local rounds, cut into passes of ``runtime.clients_per_pass``."""
         per_pass = self.cfg.runtime.clients_per_pass

@@ -207,11 +207,12 @@ class FederatedRun:
         if self.log:
             self.log.close()
             if self.cfg.log.save_adapter:
-                from fedlora_ray.lora.save import save_adapter  # imports peft: only when saving
+                from fedlora_ray.lora.save import save_adapter
 
                 save_adapter(
-                    self.state.adapter, self.cfg.model, self.ctx.label_names, self.log.dir / "adapter"
-                )
+                    self.state.adapter, self.cfg.model, self.ctx.label_names, self.log.dir / "adapter",
+                    self.backend.adapter_config_json(),  # peft's text, from a worker: no peft here
+                )  # fmt: skip
             self.log.write_json("summary.json", summary)
         for callback in self.callbacks:
             callback.on_run_end(self, self.state, summary)

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from safetensors.torch import save_file
@@ -22,17 +23,38 @@ from fedlora_ray.lora.model import lora_config
 _PEFT_SAVE_PREFIX = "base_model.model."
 
 
-def save_adapter(adapter: Adapter, cfg: ModelConfig, label_names: tuple[str, ...], out: Path) -> Path:
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+def adapter_config_json(cfg: ModelConfig) -> str:
+    """The text of peft's ``adapter_config.json`` for ``cfg``, as peft writes it. It imports peft
+    (seconds, 150 MB), so a process that holds a model makes it for one that does not."""
     from fedlora_ray.tasks import model_family  # tasks build on lora: import when used
 
     family = model_family(cfg.name)
     peft_cfg = lora_config(dataclasses.replace(cfg, target_modules=family.lora_targets(cfg)))
     peft_cfg.base_model_name_or_path = family.hub_id(cfg)
-    peft_cfg.save_pretrained(str(tmp))
+    with tempfile.TemporaryDirectory() as folder:
+        peft_cfg.save_pretrained(folder)
+        return (Path(folder) / "adapter_config.json").read_text()
+
+
+def save_adapter(
+    adapter: Adapter,
+    cfg: ModelConfig,
+    label_names: tuple[str, ...],
+    out: Path,
+    config_json: str | None = None,
+) -> Path:
+    """Write the adapter to ``out``; ``config_json`` is ``adapter_config_json(cfg)`` made
+    elsewhere (made here when None)."""
+    from fedlora_ray.tasks import model_family
+
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    family = model_family(cfg.name)
+    if config_json is None:
+        config_json = adapter_config_json(cfg)
+    (tmp / "adapter_config.json").write_text(config_json)
     tensors = {}
     convs = family.conv_modules(cfg)  # peft keeps a 1x1 convolution's factors 4-D
     for module, (b, a) in adapter.lora.items():
