@@ -177,9 +177,9 @@ def _bundle(rt: RuntimeConfig) -> dict[str, float]:
 
 
 def _actors(rt: RuntimeConfig) -> int:
-    """``runtime.num_actors`` of a config whose pool is sized (``with_pool``)."""
+    """``runtime.num_actors`` of a config whose pool is sized (by ``choose_pool``)."""
     if not isinstance(rt.num_actors, int):
-        raise ValueError("runtime.num_actors is 'auto': size the pool first (with_pool)")
+        raise ValueError("runtime.num_actors is 'auto': size the pool first (choose_pool)")
     return rt.num_actors
 
 
@@ -256,15 +256,9 @@ def choose_pool(cfg: RunConfig) -> tuple[int, str]:
     )
 
 
-def with_pool(cfg: RunConfig) -> RunConfig:
-    """``cfg`` with ``runtime.num_actors`` resolved to a number."""
-    return dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, num_actors=choose_pool(cfg)[0]))
-
-
-def pool_line(cfg: RunConfig) -> str:
-    """The pool in one line, printed at start."""
+def pool_line(cfg: RunConfig, count: int, how: str) -> str:
+    """The pool ``choose_pool`` chose, in one line, printed at start."""
     rt = cfg.runtime
-    count, how = choose_pool(cfg)
     return (
         f"pool: {count} client actors x ({_n(rt.num_cpus_per_actor)} CPU, {_n(rt.num_gpus_per_actor)} GPU), "
         f"{rt.clients_per_pass} clients per pass, {rt.precision} ({how})"
@@ -357,11 +351,12 @@ def run_on_ray(cfg: RunConfig, run_dir: str | Path | None, resume: bool = False)
     Ray restarts a killed driver, which then resumes by itself."""
     started = connect(cfg)
     try:
-        sized = with_pool(cfg)  # the cluster's size decides runtime.num_actors: auto
+        count, how = choose_pool(cfg)  # the cluster's size decides runtime.num_actors: auto
+        sized = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, num_actors=count))
         if started or _started_here():
             check_placement(sized)  # a local cluster never grows: fail now
         if cfg.runtime.progress:
-            print(pool_line(cfg), flush=True)
+            print(pool_line(cfg, count, how), flush=True)
         pool = reserve_pool(sized)
         if pool is not None:
             remove_placement_group(pool)  # the actors now take its place (known to fit)

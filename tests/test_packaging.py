@@ -11,6 +11,11 @@ import yaml
 from tests.conftest import ROOT
 
 
+def _passes_in_a_fresh_python(code: str) -> None:
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_fedlora_ray_imports_with_ray_blocked():
     code = (
         "import sys, pkgutil, importlib; sys.modules['ray'] = None\n"
@@ -19,8 +24,7 @@ def test_fedlora_ray_imports_with_ray_blocked():
         "    importlib.import_module(m.name)\n"
         "assert not any(k == 'ray' or k.startswith('ray.') for k, v in sys.modules.items() if v)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    _passes_in_a_fresh_python(code)
 
 
 def test_cluster_yaml_validates_against_rays_schema():
@@ -68,5 +72,4 @@ def test_config_checks_and_the_driver_never_import_peft():
         "save_adapter(adapter, cfg.model, ('a',), tempfile.mkdtemp() + '/adapter', '{}')\n"
         "assert 'peft' not in sys.modules\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    _passes_in_a_fresh_python(code)

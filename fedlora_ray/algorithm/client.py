@@ -90,9 +90,9 @@ class ClientTrainer:
         client at a time, or a pass's clients together), and let the scheme make each upload
         and the client's new state."""
         replies = []
+        modules = list(self._lora_params)
         for tasks in passes:
             start = time.perf_counter()
-            modules = list(self._lora_params)
             components = [self.scheme.components(t.seed, modules, t.components) for t in tasks]
             if len(tasks) == 1 and self.cfg.runtime.clients_per_pass == 1:
                 trained = [self._train_one(global_adapter, tasks[0], components[0])]

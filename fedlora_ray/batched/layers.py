@@ -46,10 +46,6 @@ class StackedAdapter:
         lora = {m: (stack(b), stack(a, train_a)) for m, (b, a) in adapter.lora.items()}
         return StackedAdapter(lora, {k: stack(v) for k, v in adapter.head.items()})
 
-    @property
-    def clients(self) -> int:
-        return next(iter(self.lora.values()))[0].shape[0]
-
     def trainable(self) -> list[torch.Tensor]:
         return [
             t

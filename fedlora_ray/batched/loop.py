@@ -100,12 +100,10 @@ def train_pass(
             slots = None if len(active) == clients else torch.tensor(active)
             lora.select(slots, scales)
             inputs, y = data.batch(filled, device)
+            widths: list[int | None] = [width_of(b) if width_of else None for b in batches]
             mode = ClientStreams(
-                [
-                    Slot(streams[c], len(b), width_of(b) if width_of else None)
-                    for c, b in zip(active, batches)
-                ],
-                width_of and width_of(filled),
+                [Slot(streams[c], len(b), w) for c, b, w in zip(active, batches, widths, strict=True)],
+                max(w for w in widths if w is not None) if width_of else None,  # filler copies rows
             )
             with autocast(device, precision), mode:
                 logits = model(*inputs)
@@ -117,7 +115,10 @@ def train_pass(
             opt.zero_grad()
             objective.backward()
             opt.step(slots)
-            losses[torch.tensor(active, device=device)] += per_client.detach()
+            if slots is None:
+                losses += per_client.detach()
+            else:
+                losses.index_add_(0, slots.to(device), per_client.detach())
     model.eval()
     mean = (losses.cpu() / torch.tensor([max(s, 1) for s in steps])).tolist()
     return [(LocalResult(mean[c], steps[c]), stacked.client(c)) for c in range(clients)]

@@ -22,6 +22,11 @@ def builders():  # type: ignore[no-untyped-def]
     return model
 
 
+def _longest(mask: torch.Tensor) -> int:
+    """Tokens of the longest example of a batch's attention mask."""
+    return int(mask.sum(1).max())
+
+
 @dataclass(frozen=True)
 class Tokenized:
     """A dataset tokenised once, padded to ``max_length``; batches are trimmed to their
@@ -37,7 +42,7 @@ class Tokenized:
     def batch(self, idx: torch.Tensor, device: torch.device) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         """((input ids, attention mask), labels), trimmed to the batch's longest example."""
         mask = self.attention_mask[idx]
-        width = self.width(idx)
+        width = _longest(mask)
         inputs = (
             self.input_ids[idx, :width].to(device, non_blocking=True),
             mask[:, :width].to(device, non_blocking=True),
@@ -46,7 +51,7 @@ class Tokenized:
 
     def width(self, idx: torch.Tensor) -> int:
         """The batch's sequence width: its longest example's tokens."""
-        return int(self.attention_mask[idx].sum(1).max())
+        return _longest(self.attention_mask[idx])
 
     def eval_order(self) -> torch.Tensor:
         """Shortest examples first, so evaluation batches carry little padding."""

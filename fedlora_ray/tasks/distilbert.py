@@ -149,9 +149,10 @@ class DistilBertFamily(ModelFamily):
     def build(self, cfg: ModelConfig, num_labels: int, seed: int) -> nn.Module:
         """As ``fedlora_ray.lora.model.build_model``, with LoRA on ``lora_targets(cfg)``."""
         encoder = self.build_encoder(cfg, seed)
-        peft_encoder = builders().with_lora(encoder, cfg, self.lora_targets(cfg), seed)
+        bert = builders()
+        peft_encoder = bert.with_lora(encoder, cfg, self.lora_targets(cfg), seed)
         hidden = int(encoder.config.hidden_size)  # type: ignore[union-attr,arg-type]
-        return builders().frozen_but_adapter(builders().TextClassifier(peft_encoder, hidden, num_labels), cfg)
+        return bert.frozen_but_adapter(bert.TextClassifier(peft_encoder, hidden, num_labels), cfg)
 
     def prepare(self, cfg: ModelConfig, split: Split, device: torch.device | None = None) -> Batches:
         return tokenize(self.load_tokenizer(cfg), split.examples, split.labels, cfg.max_length)
