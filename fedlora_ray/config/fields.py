@@ -128,6 +128,12 @@ class DataConfig:
     )
     shards_per_client: int = fld(2, "Shards per client for partition=shards.", ge=1)
     dirichlet_alpha: float = fld(0.5, "Concentration for partition=dirichlet.", gt=0)
+    min_examples_per_client: int = fld(
+        1,
+        "Every partition gives each client at least this many training examples, or the config is "
+        "refused with how many clients the data can serve.",
+        ge=1,
+    )
     root: str = fld(
         "",
         "Folder holding the dataset's files (cifar-100-python/, the AG News CSV pair, ...); "
@@ -399,6 +405,12 @@ class RuntimeConfig:
         gt=0,
     )
     progress: bool = fld(True, "Print one progress line per round.")
+    client_store_mem_mb: float = fld(
+        1024.0,
+        "Per-client state (error memory) the driver keeps in RAM, in MB; beyond it the state moves "
+        "to a disk-backed store under the run directory (checkpointed with the rest).",
+        ge=0,
+    )
     driver_restarts: int = fld(
         0,
         "Ray backend: how often Ray restarts a killed DriverActor; each restart resumes from the "
@@ -416,6 +428,17 @@ class LogConfig:
         ge=1,
     )
     save_adapter: bool = fld(True, "Save the final global adapter in peft's format.")
+    part_rounds: int = fld(
+        100,
+        "rounds.parquet and clients.parquet are folders of part files, one per this many rounds: a "
+        "flush rewrites only the open part, never the whole log.",
+        ge=1,
+    )
+    run_id: str = fld(
+        "",
+        "Identifier written into every Parquet row (column run_id) and summary.json; empty: the run "
+        "folder's name. A sweep sets it.",
+    )
 
 
 @dataclass(frozen=True)
