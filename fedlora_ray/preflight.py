@@ -9,7 +9,7 @@ bad run stops before Ray starts or any model is built.
 
 from __future__ import annotations
 
-from fedlora_ray.config import ConfigError, RunConfig
+from fedlora_ray.config import ConfigError, DataConfig, RunConfig
 
 _MAX_LISTED = 8  # allowed module names listed in a message
 
@@ -66,7 +66,9 @@ def check_model(cfg: RunConfig) -> None:
 
 
 def check_data(cfg: RunConfig) -> None:
-    """The training split has examples for every client, under the configured partition."""
+    """The training split serves every client at least data.min_examples_per_client examples
+    under the configured partition (docs/algorithms.md §8): the partition itself is drawn, from
+    the labels only, and refuses with a ConfigError saying how many clients the data can serve."""
     from fedlora_ray.data import partition_indices
     from fedlora_ray.tasks import load_splits
 
@@ -77,22 +79,17 @@ def check_data(cfg: RunConfig) -> None:
         raise  # the loader named its own field
     except ValueError as err:  # a category with no more glosses than data.test_per_class
         raise ConfigError(f"config field 'data.test_per_class' = {data.test_per_class}: {err}") from None
-    if fed.num_clients > len(train):
-        raise ConfigError(
-            f"config field 'federation.num_clients' = {fed.num_clients}: must be <= {len(train)}, "
-            "the number of training examples (every client needs at least one); use fewer "
-            "clients or more data (data.per_class_cap, data.num_categories)"
-        )
     try:
-        parts = partition_indices(train.labels, fed.num_clients, data, fed.seed)
-    except ValueError as err:  # the Dirichlet draw left a client empty every time
-        raise ConfigError(f"config field 'data.partition' = {data.partition!r}: {err}") from None
-    empty = sum(len(p) == 0 for p in parts)
-    if empty:
-        raise ConfigError(
-            f"config field 'federation.num_clients' = {fed.num_clients}: partition "
-            f"{data.partition!r} of the {len(train)} training examples leaves {empty} client(s) "
-            "with none; use fewer clients"
-            + (" or fewer data.shards_per_client" if data.partition == "shards" else "")
-            + " or more data (data.per_class_cap)"
-        )
+        partition_indices(train.labels, fed.num_clients, data, fed.seed)
+    except ConfigError as err:  # the partition knows the counts; the dataset knows its size fields
+        more = _more_data_fields(data)
+        raise ConfigError(f"{err} ({more})" if more else str(err)) from None
+
+
+def _more_data_fields(data: DataConfig) -> str:
+    """The fields that give the run more training examples, for the refusal message."""
+    if data.dataset == "wordnet":
+        return "data.per_class_cap, data.num_categories"
+    if data.train_per_class > 0:  # the datasets with fixed splits cap each class with it
+        return "data.train_per_class; 0 takes all"
+    return ""

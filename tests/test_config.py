@@ -117,14 +117,14 @@ PREFLIGHT_BAD = [
     (["model.target_modules=[query, attention.nosuch]"], "'model.target_modules[1]' = 'attention.nosuch'",
      "'query'"),
     (["federation.num_clients=100000"], "'federation.num_clients' = 100000",
-     "<= 240, the number of training examples"),
+     "<= 120: with data.min_examples_per_client = 1 and data.partition = 'shards'"),
     (["model.lora_rank=65"], "'model.lora_rank' = 65", "<= 64, the smallest dimension"),
     (["model.target_modules=[intermediate.dense]", "model.lora_rank=65"], "'model.lora_rank' = 65", "<= 64"),
     # TSFA picks the rank in 1..controller.max_rank, so max_rank is what must fit
     (["controller.kind=tsfa", "compression.method=soft", "controller.max_rank=65"],
      "'controller.max_rank' = 65", "<= 64"),
     (["federation.num_clients=200", "data.shards_per_client=3"], "'federation.num_clients' = 200",
-     "with none"),
+     "<= 80: "),
 ]  # fmt: skip
 
 
