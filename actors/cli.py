@@ -3,8 +3,12 @@
 fedlora-ray run CONFIG.yaml [--out RUN_DIR] [--set a.b=value ...]
 fedlora-ray resume RUN_DIR [--set federation.rounds=N]   # continue from the newest checkpoint
 fedlora-ray fields            # every config field with its default and help
-fedlora-ray report RUN_DIR [RUN_DIR ...] [--out DIR]   # standard plots + summary.md
+fedlora-ray report RUN_DIR|SWEEP_ROOT [...] [--out DIR]   # standard plots + summary.md
+fedlora-ray sweep SPEC.yaml --out ROOT [--seeds 0 1 2] [--set a.b=value ...]   # a grid of runs on Ray
+fedlora-ray compare SWEEP_ROOT|RUN_DIR [...] [--last K] [--target ACC]   # a table per group of runs
 fedlora-ray control CONFIG.yaml [--rounds N] [--out FILE.parquet] [--set ...]  # no training
+
+--out may be a path, a mounted shared folder, or a URI (s3://..., gs://...).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import time
 from pathlib import Path
 
 from fedlora_ray.config import ConfigError, RunConfig, help_table, load_config
+from fedlora_ray.storage import check_out, is_uri
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -23,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run one federated job")
     run.add_argument("config", help="YAML config file")
-    run.add_argument("--out", help="run directory (default runs/NAME-TIMESTAMP)")
+    run.add_argument("--out", help="run directory or URI (default runs/NAME-TIMESTAMP)")
     run.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="a.b=value",
         help="override a config field (repeatable)",
@@ -40,14 +45,30 @@ def _parser() -> argparse.ArgumentParser:
     ctl.add_argument("--rounds", type=int, default=10_000)
     ctl.add_argument("--out", default="control.parquet", help="Parquet file, one row per round")
     ctl.add_argument("--set", dest="overrides", action="append", default=[], metavar="a.b=value")
-    rep = sub.add_parser("report", help="plots and a markdown summary from run directories")
-    rep.add_argument("runs", nargs="+", help="run directories")
+    rep = sub.add_parser("report", help="plots and a markdown summary from run directories or sweeps")
+    rep.add_argument("runs", nargs="+", help="run directories, or sweep roots (all their runs)")
     rep.add_argument("--out", default="report", help="folder for the PNGs and summary.md")
+    swp = sub.add_parser("sweep", help="run a grid of config keys x seeds on Ray, many runs at once")
+    swp.add_argument("spec", help="sweep spec (YAML; see jobs/sweeps/)")
+    swp.add_argument("--out", required=True, help="sweep root: a folder or URI, one run folder per run")
+    swp.add_argument("--seeds", type=int, nargs="+", help="replace the spec's seeds")
+    swp.add_argument("--set", dest="overrides", action="append", default=[], metavar="a.b=value",
+                     help="override a config field of every run (repeatable)")  # fmt: skip
+    cmp = sub.add_parser("compare", help="final and last-k accuracy, bits and time to a target, per group")
+    cmp.add_argument("runs", nargs="+", help="sweep roots or run directories")
+    cmp.add_argument("--last", type=int, default=3, help="mean accuracy over the last K evaluations")
+    cmp.add_argument("--target", type=float, help="accuracy for the time-to-target columns (default: "
+                     "90%% of the worst group's best mean accuracy)")  # fmt: skip
+    cmp.add_argument("--by", nargs="+", help="group by these varied keys (default: all but the seed)")
     return p
 
 
-def run_command(cfg: RunConfig, out: Path) -> dict:
+def run_command(cfg: RunConfig, out: Path | str) -> dict:
     # Everything that can be refused is refused here, before Ray starts or a model is built.
+    check_out(str(out))
+    if is_uri(str(out)):
+        return _run_checked(cfg, str(out))  # the run pulls the URI's folder and refuses one with logs
+    out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {str(out)!r} is an existing file; --out names the run's folder")
     for parent in out.parents:  # the first existing ancestor must be a folder
@@ -57,6 +78,10 @@ def run_command(cfg: RunConfig, out: Path) -> dict:
             break
     if (out / "rounds.parquet").exists():
         raise ConfigError(f"--out {str(out)!r} already holds a run's logs; choose another folder")
+    return _run_checked(cfg, out)
+
+
+def _run_checked(cfg: RunConfig, out: Path | str) -> dict:
     from fedlora_ray.preflight import check_run
 
     check_run(cfg)  # the base model's module names and shapes, and the data for every client
@@ -69,11 +94,15 @@ def run_command(cfg: RunConfig, out: Path) -> dict:
     return run_on_ray(cfg, out)
 
 
-def resume_command(run_dir: Path, overrides: list[str]) -> dict:
+def resume_command(run_dir: Path | str, overrides: list[str]) -> dict:
+    from fedlora_ray.algorithm.mirror import stage
     from fedlora_ray.algorithm.run import resume_config
     from fedlora_ray.preflight import check_run
 
-    cfg = resume_config(run_dir, overrides)
+    check_out(str(run_dir), "resume")
+    local, _ = stage(run_dir)  # a URI's folder, pulled to read its config
+    assert local is not None
+    cfg = resume_config(local, overrides)
     check_run(cfg)
     if cfg.runtime.backend == "serial":
         from fedlora_ray.simulate import resume_serial
@@ -116,16 +145,27 @@ def main(argv: list[str] | None = None) -> int:
             print(f"fedlora-ray: error: {err}", file=sys.stderr)
             return 2
         return 0
+    if args.command == "compare":
+        from fedlora_ray.report import compare_table
+
+        try:
+            print(compare_table(args.runs, last=args.last, target=args.target, by=args.by))
+        except (FileNotFoundError, ConfigError) as err:
+            print(f"fedlora-ray: error: {err}", file=sys.stderr)
+            return 2
+        return 0
+    if args.command == "sweep":
+        return sweep_command(args)
     from fedlora_ray.algorithm.callbacks import DivergenceError
     from fedlora_ray.algorithm.round import BadUpdateError
 
     try:
         if args.command == "resume":
-            out = Path(args.run_dir)
+            out = args.run_dir
             summary = resume_command(out, args.overrides)
         else:
             cfg = load_config(args.config, args.overrides)
-            out = Path(args.out or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+            out = args.out or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
             summary = run_command(cfg, out)
     except ConfigError as err:
         print(f"fedlora-ray: error: {err}", file=sys.stderr)
@@ -136,6 +176,25 @@ def main(argv: list[str] | None = None) -> int:
     print(f"run directory: {out}")
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def sweep_command(args: argparse.Namespace) -> int:
+    """Exit 0 when every run finished, 1 when some failed (the table names them), 2 when the
+    spec or --out was refused before any run started."""
+    from fedlora_ray.sweep import load_spec
+
+    try:
+        check_out(args.out)
+        spec = load_spec(args.spec, args.seeds, args.overrides)
+        from actors.sweep import closing_table, run_sweep
+
+        root = args.out if is_uri(args.out) else str(Path(args.out).resolve())
+        outcomes = run_sweep(spec, root, write=lambda line: print(line, flush=True))
+    except ConfigError as err:
+        print(f"fedlora-ray: error: {err}", file=sys.stderr)
+        return 2
+    print(closing_table(outcomes))
+    return 1 if any(o.status == "failed" for o in outcomes) else 0
 
 
 if __name__ == "__main__":

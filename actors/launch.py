@@ -26,6 +26,7 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from fedlora_ray.config import ConfigError, RunConfig, RuntimeConfig
+from fedlora_ray.storage import is_uri
 
 _EPS = 1e-6  # Ray counts resources in units of 1e-4
 
@@ -364,7 +365,7 @@ def run_on_ray(cfg: RunConfig, run_dir: str | Path | None, resume: bool = False)
 
         # The driver writes the run directory, so it lives on this (the submitting) node.
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        path = str(Path(run_dir).resolve()) if run_dir else None
+        path = None if not run_dir else str(run_dir) if is_uri(str(run_dir)) else str(Path(run_dir).resolve())
         restarts = cfg.runtime.driver_restarts if path else 0  # a restart resumes from the run directory
         driver = DriverActor.options(  # type: ignore[attr-defined]
             scheduling_strategy=here, max_restarts=restarts, max_task_retries=restarts

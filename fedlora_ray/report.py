@@ -1,9 +1,10 @@
-"""Standard plots and a short markdown summary from run directories' Parquet logs.
+"""Standard plots, a short markdown summary and a comparison table from runs' Parquet logs.
 
-``fedlora-ray report RUN_DIR [RUN_DIR ...] --out DIR`` draws accuracy and loss against round
+``fedlora-ray report RUN_DIR|SWEEP_ROOT [...] --out DIR`` draws accuracy and loss against round
 and against cumulative uplink bits, the covariance term and the orthogonality error. Runs that
 differ only in ``federation.seed`` form one group, drawn as its mean with a band of one
-standard deviation.
+standard deviation. A sweep root (it holds runs.parquet) stands for all its started runs,
+grouped by the sweep's varied keys. ``fedlora-ray compare`` prints one table row per group.
 """
 
 from __future__ import annotations
@@ -16,26 +17,51 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fedlora_ray.config import ConfigError
+from fedlora_ray.logging.run_log import has_logs, read_log
+from fedlora_ray.sweep import RUNS_FILE
+
 
 @dataclass
 class Run:
     path: Path
     config: dict[str, Any]
     rounds: pd.DataFrame
+    values: dict[str, Any] | None = None  # a sweep run's varied values (runs.parquet), seed included
 
     @property
     def seed(self) -> int:
         return int(self.config["federation"]["seed"])
 
 
-def load_run(path: str | Path) -> Run:
+def load_run(path: str | Path, values: dict[str, Any] | None = None) -> Run:
     p = Path(path)
-    if not (p / "rounds.parquet").is_file():
+    if not has_logs(p):
         raise FileNotFoundError(f"{p} holds no rounds.parquet: not a run directory")
     config = json.loads((p / "config.json").read_text())
-    rounds = pd.read_parquet(p / "rounds.parquet")
+    rounds = read_log(p)[0].to_pandas()
     rounds["cumulative_bits"] = rounds["uplink_bits"].cumsum()
-    return Run(p, config, rounds)
+    return Run(p, config, rounds, values)
+
+
+def load_runs(paths: list[str | Path]) -> list[Run]:
+    """Runs from run directories and sweep roots (each of a sweep's runs that has logged a round,
+    with its varied values)."""
+    runs = []
+    for path in paths:
+        p = Path(path)
+        if (p / RUNS_FILE).is_file():
+            table = pd.read_parquet(p / RUNS_FILE)
+            started = [row for row in table.to_dict("records") if has_logs(p / row["run_id"])]
+            if not started:
+                raise FileNotFoundError(f"{p}: no run of this sweep has logged a round yet")
+            runs += [
+                load_run(p / row["run_id"], {k: v for k, v in row.items() if k != "run_id"})
+                for row in started
+            ]
+        else:
+            runs.append(load_run(p))
+    return runs
 
 
 def group_key(config: dict[str, Any]) -> str:
@@ -43,7 +69,18 @@ def group_key(config: dict[str, Any]) -> str:
     c = json.loads(json.dumps(config))
     c["federation"].pop("seed", None)
     c.pop("name", None)
+    c.get("log", {}).pop("run_id", None)
     return json.dumps(c, sort_keys=True)
+
+
+def sweep_key(run: Run, by: list[str] | None) -> str:
+    """A sweep run's group: its varied values but the seed (or only the keys in ``by``)."""
+    assert run.values is not None
+    keys = by if by else [k for k in run.values if k != "seed"]
+    missing = [k for k in keys if k not in run.values]
+    if missing:
+        raise ConfigError(f"--by {missing}: the sweep varies only {sorted(run.values)}")
+    return ", ".join(f"{k}={run.values[k]}" for k in keys) or "all runs"
 
 
 def default_label(run: Run) -> str:
@@ -57,11 +94,18 @@ def default_label(run: Run) -> str:
     return f"{name}: {scheme}{method}{rho} r={run.config['model']['lora_rank']}{sampling}"
 
 
-def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
+def group_runs(runs: list[Run], by: list[str] | None = None) -> dict[str, list[Run]]:
+    """Runs that differ only in their seed, together: by the sweep's varied keys for sweep runs,
+    by the whole config otherwise."""
     groups: dict[str, list[Run]] = {}
     for run in runs:
-        groups.setdefault(group_key(run.config), []).append(run)
+        key = sweep_key(run, by) if run.values is not None else group_key(run.config)
+        groups.setdefault(key, []).append(run)
     return groups
+
+
+def labels_of(groups: dict[str, list[Run]]) -> dict[str, str]:
+    return {k: k if v[0].values is not None else default_label(v[0]) for k, v in groups.items()}
 
 
 def mean_curve(runs: list[Run], x: str, y: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -146,10 +190,10 @@ def summary_table(groups: dict[str, list[Run]], labels: dict[str, str]) -> list[
 
 
 def write_report(run_dirs: list[str | Path], out: str | Path) -> Path:
-    """Plots and ``summary.md`` for the runs into ``out``; returns the summary's path."""
-    runs = [load_run(p) for p in run_dirs]
+    """Plots and ``summary.md`` for the runs (or sweeps) into ``out``; returns the summary's path."""
+    runs = load_runs(run_dirs)
     groups = group_runs(runs)
-    labels = {k: default_label(v[0]) for k, v in groups.items()}
+    labels = labels_of(groups)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     images = plot_groups(groups, labels, out)
@@ -157,3 +201,51 @@ def write_report(run_dirs: list[str | Path], out: str | Path) -> Path:
     lines += [f"![{p.stem}]({p.name})" for p in images]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     return out / "summary.md"
+
+
+def time_to_accuracy(run: Run, target: float) -> float:
+    """Simulated seconds until the test accuracy first reaches ``target`` (inf if never)."""
+    hit = run.rounds[run.rounds["test_accuracy"] >= target]
+    return float(hit["sim_time_s"].iloc[0]) if len(hit) else float("inf")
+
+
+def last_k_accuracy(run: Run, k: int) -> float:
+    values = run.rounds["test_accuracy"].dropna()
+    return float(values.iloc[-k:].mean()) if len(values) else float("nan")
+
+
+def compare_table(
+    paths: list[str | Path], last: int = 3, target: float | None = None, by: list[str] | None = None
+) -> str:
+    """One markdown row per group of runs (mean ± std over its seeds): final and last-``last``
+    accuracy, total uplink bits, and simulated time to ``target`` accuracy (default: 90% of the
+    lowest best mean accuracy among the groups, so that every group can reach it)."""
+    if last < 1:
+        raise ConfigError(f"--last {last}: must be >= 1")
+    groups = group_runs(load_runs(paths), by)
+    labels = labels_of(groups)
+    if target is None:
+        bests = [np.mean([r.rounds["test_accuracy"].max() for r in runs]) for runs in groups.values()]
+        target = 0.9 * float(np.nanmin(bests)) if bests else 0.0
+
+    def cell(values: list[float], fmt: str) -> str:
+        arr = np.array(values, dtype=float)
+        return f"{arr.mean():{fmt}} ± {arr.std():{fmt}}" if len(arr) > 1 else f"{arr.mean():{fmt}}"
+
+    lines = [
+        f"| group | runs | rounds | final acc | last-{last} acc | uplink Gbit | sim s to acc {target:.3f} |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, runs in groups.items():
+        times = [time_to_accuracy(r, target) for r in runs]
+        reached = [t for t in times if np.isfinite(t)]
+        to_target = cell(reached, ".1f") if reached else "not reached"
+        if reached and len(reached) < len(times):
+            to_target += f" ({len(reached)}/{len(times)} reached)"
+        lines.append(
+            f"| {labels[key]} | {len(runs)} | {cell([r.rounds['round'].max() for r in runs], '.0f')} | "
+            f"{cell([final_value(r, 'test_accuracy') for r in runs], '.4f')} | "
+            f"{cell([last_k_accuracy(r, last) for r in runs], '.4f')} | "
+            f"{cell([r.rounds['uplink_bits'].sum() / 1e9 for r in runs], '.3f')} | {to_target} |"
+        )
+    return "\n".join(lines)

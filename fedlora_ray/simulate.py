@@ -10,6 +10,7 @@ import torch
 
 from fedlora_ray.algorithm.client import ClientTrainer
 from fedlora_ray.algorithm.messages import ClientReply, ClientTask
+from fedlora_ray.algorithm.mirror import stage
 from fedlora_ray.algorithm.run import FederatedRun, resume_config
 from fedlora_ray.config import ConfigError, RunConfig
 from fedlora_ray.lora.adapter import Adapter
@@ -56,7 +57,9 @@ class SerialBackend:
 
 
 def run_serial(cfg: RunConfig, run_dir: str | Path | None) -> dict[str, Any]:
-    run = FederatedRun(cfg, SerialBackend, run_dir)
+    """The whole run in this process; ``run_dir`` may be a path or a URI (fedlora_ray.storage)."""
+    local, push = stage(run_dir)
+    run = FederatedRun(cfg, SerialBackend, local, callbacks=push)
     try:
         return run.run()
     finally:
@@ -65,8 +68,10 @@ def run_serial(cfg: RunConfig, run_dir: str | Path | None) -> dict[str, Any]:
 
 def resume_serial(run_dir: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Continue the run in ``run_dir`` from its newest checkpoint (``--set federation.rounds=N``
-    extends it)."""
-    run = FederatedRun(resume_config(run_dir, overrides), SerialBackend, run_dir, resume=True)
+    extends it). A URI's folder is pulled into a staging copy first."""
+    local, push = stage(run_dir)
+    assert local is not None
+    run = FederatedRun(resume_config(local, overrides), SerialBackend, local, callbacks=push, resume=True)
     try:
         return run.run()
     finally:

@@ -172,7 +172,10 @@ def test_a_killed_driver_restarts_and_resumes_from_its_checkpoint(ray_session, t
     assert wait_for(lambda: logged_rounds(out) >= 2, timeout=180, step=0.05)
 
     def driver_pid() -> int | None:
-        alive = list_actors(filters=[("class_name", "=", "DriverActor"), ("state", "=", "ALIVE")])
+        alive = list_actors(
+            address=ray_session["address"],  # this cluster, even with other Rays on the machine
+            filters=[("class_name", "=", "DriverActor"), ("state", "=", "ALIVE")],
+        )
         return alive[0].pid if alive else None
 
     pid = driver_pid()

@@ -100,7 +100,10 @@ def test_on_ray_killed_resumed_and_extended_equals_one_go(reference, ray_session
     killed = kill_after(child, out, rounds=rng.randint(1, 3), jitter_s=rng.uniform(0, 0.3), timeout=300)
 
     def no_driver() -> bool:
-        return not list_actors(filters=[("class_name", "=", "DriverActor"), ("state", "=", "ALIVE")])
+        return not list_actors(
+            address=ray_session["address"],  # this cluster, even with other Rays on the machine
+            filters=[("class_name", "=", "DriverActor"), ("state", "=", "ALIVE")],
+        )
 
     assert killed and wait_for(no_driver, timeout=60)  # the orphaned driver is gone before we resume
     run_on_ray(resume_config(out), out, resume=True)

@@ -8,9 +8,10 @@ process; the Ray ``DriverActor`` drives it there.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,13 @@ from fedlora_ray.algorithm.callbacks import (
     Progress,
     describe_plan,
 )
+from fedlora_ray.algorithm.client_store import CLIENT_STORE_DIR, ClientStore
 from fedlora_ray.algorithm.round import round_step
 from fedlora_ray.algorithm.state import RunState, build_context, initial_state
 from fedlora_ray.config import ConfigError, RunConfig, load_config, parse_override, replace
 from fedlora_ray.control import controller_class
 from fedlora_ray.logging import RunLog, latest_checkpoint, load_checkpoint
-from fedlora_ray.logging.checkpoint import checkpoint_round
+from fedlora_ray.logging.checkpoint import checkpoint_round, checkpoints
 from fedlora_ray.tasks import load_splits
 
 BackendFactory = Callable[[RunConfig], Backend]
@@ -100,9 +102,16 @@ class FederatedRun:
             )
         self.ctx = build_context(cfg, initial, train.labels, train.label_names)
         checkpoint = latest_checkpoint(run_dir) if resume and run_dir is not None else None
-        self.state: RunState = (
-            load_checkpoint(checkpoint)["state"] if checkpoint else initial_state(self.ctx, initial)
-        )
+        store_dir = Path(run_dir) / CLIENT_STORE_DIR if run_dir is not None else None
+        if checkpoint:
+            saved: RunState = load_checkpoint(checkpoint)["state"]
+            kept = [checkpoint_round(p) for p in checkpoints(checkpoint.parent.parent)]
+            clients = ClientStore.resume(
+                saved.clients, store_dir, cfg.runtime.client_store_mem_mb, saved.round, kept
+            )
+            self.state = dataclasses.replace(saved, clients=clients)
+        else:
+            self.state = initial_state(self.ctx, initial, store_dir)
         self.log: RunLog | None = None
         if run_dir is not None:
             self.log = RunLog(
@@ -134,7 +143,8 @@ class FederatedRun:
         return self.state.adapter
 
     @property
-    def client_state(self) -> dict[int, dict[str, Any]]:
+    def client_state(self) -> Mapping[int, dict[str, Any]]:
+        """Client id -> its stored state (read from disk for the states the store spilled)."""
         return self.state.clients
 
     @property
@@ -188,6 +198,7 @@ class FederatedRun:
         evaluated = [r for r in self.history if r["test_accuracy"] is not None]
         plan = self.state.controller.plan
         summary = {
+            "run_id": self.log.run_id if self.log else (self.cfg.log.run_id or self.cfg.name),
             "rounds": self.state.round,
             "final_test_accuracy": evaluated[-1]["test_accuracy"] if evaluated else None,
             "final_test_loss": evaluated[-1]["test_loss"] if evaluated else None,

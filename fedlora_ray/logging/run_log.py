@@ -1,16 +1,24 @@
-"""A run directory: config.json, rounds.parquet, clients.parquet, profile.parquet.
+"""A run directory: config.json, rounds.parquet/, clients.parquet/, profile.parquet.
 
-Each flush rewrites the Parquet files through temporary files and atomic renames:
-clients.parquet first, then rounds.parquet. The rename of rounds.parquet is the commit point of
-a round: a round is logged when rounds.parquet holds it, and clients.parquet may briefly hold
-rows of one round more (a kill between the two renames). ``read_log`` and resume respect this,
-so the two files always agree as read. Rows are checked against the fixed schemas as they arrive.
+rounds.parquet and clients.parquet are folders of part files, ``part-FFFFFF.parquet`` holding
+rounds FFFFFF .. FFFFFF + log.part_rounds - 1: one logical dataset each, which pandas and pyarrow
+read by the folder's path and duckdb and polars with the glob ``rounds.parquet/*.parquet``. Only
+the open part is ever rewritten, so a flush costs at most ``part_rounds`` rounds of rows however
+long the run, and only the open part's rows are held in memory.
+
+Each flush writes the dirty parts through hidden temporary files and atomic renames: clients
+first, then rounds. The rename of a rounds part is the commit point of the rounds it holds: a
+round is logged when rounds.parquet holds it, and clients.parquet may briefly hold rows of one
+round more (a kill between two renames). ``read_log`` and resume respect this, so the two
+datasets always agree as read. Rows are checked against the fixed schemas as they arrive, and
+every row carries the run's ``run_id`` so that many runs can be queried as one table.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +29,7 @@ import pyarrow.parquet as pq
 from fedlora_ray.logging.schema import CLIENTS_SCHEMA, PROFILE_SCHEMA, ROUNDS_SCHEMA
 
 _SCHEMAS = {"rounds": ROUNDS_SCHEMA, "clients": CLIENTS_SCHEMA}
+_PART = "part-{:06d}.parquet"
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -29,12 +38,24 @@ def write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _read(path: Path, schema: pa.Schema) -> pa.Table:
-    if not path.exists():
-        return schema.empty_table()
-    table = pq.read_table(path)
-    # columns added since the file was written come back as nulls
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Columns added since the file was written come back as nulls."""
     return pa.Table.from_pylist(table.to_pylist(), schema=schema) if table.schema != schema else table
+
+
+def part_files(path: Path) -> list[Path]:
+    """The part files of one logged table, in round order ([path] for the single file of a
+    run written before logs had parts)."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        return []
+    return sorted(p for p in path.iterdir() if p.name.startswith("part-") and p.suffix == ".parquet")
+
+
+def _read(path: Path, schema: pa.Schema) -> pa.Table:
+    parts = [_conform(pq.read_table(p), schema) for p in part_files(path)]
+    return pa.concat_tables(parts) if parts else schema.empty_table()
 
 
 def read_log(run_dir: str | Path, upto: int | None = None) -> tuple[pa.Table, pa.Table]:
@@ -50,6 +71,11 @@ def read_log(run_dir: str | Path, upto: int | None = None) -> tuple[pa.Table, pa
     return rounds, clients.filter(pc.less_equal(clients["round"], last))
 
 
+def has_logs(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` holds a run's round log (in parts, or as one older file)."""
+    return bool(part_files(Path(run_dir) / "rounds.parquet"))
+
+
 class RunLog:
     def __init__(
         self,
@@ -59,25 +85,69 @@ class RunLog:
         resume_round: int | None = None,
     ) -> None:
         """A new run directory, or with ``resume_round`` an existing one whose logs are cut back
-        to that round (rows past it are dropped, so the resumed run adds no gap or duplicate)."""
+        to that round (rows past it are dropped, so the resumed run adds no gap or duplicate).
+        ``config`` is the run's config as a dict: its ``log.part_rounds`` and ``log.run_id``
+        (empty: the folder's name) are used here, and the resolved run_id is stored in it."""
         self.dir = Path(run_dir)
         self.flush_every = flush_every
+        log_cfg = dict(config.get("log", {}))
+        self.part_rounds = int(log_cfg.get("part_rounds", 100))
+        self.run_id = str(log_cfg.get("run_id") or self.dir.resolve().name)
+        if "log" in config:
+            config = {**config, "log": {**log_cfg, "run_id": self.run_id}}
         self._pending_rounds = 0
+        self.rounds_logged = 0  # rounds committed to disk
+        self._history: list[dict[str, Any]] = []  # every round's row: small, the run reports from it
+        # the rows of parts not yet closed, per table and part start round
+        self._open: dict[str, dict[int, list[pa.Table]]] = {name: {} for name in _SCHEMAS}
         if resume_round is None:
-            if (self.dir / "rounds.parquet").exists():
+            if has_logs(self.dir):
                 raise FileExistsError(f"{self.dir} already holds a run's logs; choose another --out")
             self.dir.mkdir(parents=True, exist_ok=True)
             write_atomic(self.dir / "config.json", json.dumps(config, indent=2, sort_keys=True).encode())
-            self._tables = {name: [schema.empty_table()] for name, schema in _SCHEMAS.items()}
             return
-        for stale in self.dir.glob("*.tmp"):
+        self._cut_back(resume_round)
+
+    def _part_start(self, round_: int) -> int:
+        return (round_ - 1) // self.part_rounds * self.part_rounds + 1
+
+    def _cut_back(self, resume_round: int) -> None:
+        """Keep the committed rows up to ``resume_round``: later parts go, the part holding it
+        is reopened with its rows, and a log of the older single-file layout becomes parts."""
+        for stale in [*self.dir.glob("*.tmp"), *self.dir.glob("*.parquet/.*.tmp")]:
             stale.unlink()
         rounds, clients = read_log(self.dir, upto=resume_round)
-        self._tables = {"rounds": [rounds], "clients": [clients]}
+        self._history = rounds.to_pylist()
+        self.rounds_logged = len(self._history)
+        open_start = self._part_start(resume_round + 1)
+        for name, table in (("rounds", rounds), ("clients", clients)):
+            path = self.dir / f"{name}.parquet"
+            if path.is_file():  # the older layout: rewritten as parts once, beside it, then swapped
+                staged = self.dir / f".{name}.parquet.parts"
+                shutil.rmtree(staged, ignore_errors=True)
+                staged.mkdir()
+                for start in sorted({self._part_start(r) for r in table["round"].to_pylist()}):
+                    pq.write_table(self._rows_of_part(table, start), staged / _PART.format(start))
+                path.unlink()
+                os.replace(staged, path)
+            elif path.is_dir():
+                for part in part_files(path):
+                    if int(part.stem.split("-")[1]) >= open_start:
+                        part.unlink()
+            self._open[name][open_start] = [self._rows_of_part(table, open_start)]
         self.flush()
 
+    def _rows_of_part(self, table: pa.Table, start: int) -> pa.Table:
+        rounds = table["round"]
+        mask = pc.and_(pc.greater_equal(rounds, start), pc.less(rounds, start + self.part_rounds))
+        return table.filter(mask)
+
     def rows(self, name: str) -> list[dict[str, Any]]:
-        return pa.concat_tables(self._tables[name]).to_pylist()
+        """Every logged row of a table (rounds: kept in memory; clients: read back from disk)."""
+        if name == "rounds":
+            return list(self._history)
+        self.flush()
+        return read_log(self.dir)[1].to_pylist()
 
     def _append(self, name: str, rows: list[dict[str, Any]]) -> None:
         schema = _SCHEMAS[name]
@@ -85,12 +155,17 @@ class RunLog:
             extra = set(row) - set(schema.names)
             if extra:
                 raise KeyError(f"{name}.parquet has no column(s) {sorted(extra)}")
-        self._tables[name].append(pa.Table.from_pylist(rows, schema=schema))
+        by_part: dict[int, list[dict[str, Any]]] = {}
+        for row in rows:
+            by_part.setdefault(self._part_start(int(row["round"])), []).append({**row, "run_id": self.run_id})
+        for start, part_rows in by_part.items():
+            self._open[name].setdefault(start, []).append(pa.Table.from_pylist(part_rows, schema=schema))
 
     def append_round(self, round_row: dict[str, Any], client_rows: list[dict[str, Any]]) -> None:
         """Add one finished round; flush every ``flush_every`` rounds."""
         self._append("rounds", [round_row])
         self._append("clients", client_rows)
+        self._history.append({**round_row, "run_id": self.run_id})
         self._pending_rounds += 1
         if self._pending_rounds >= self.flush_every:
             self.flush()
@@ -98,19 +173,33 @@ class RunLog:
     def _replace(self, tmp: Path, final: Path) -> None:
         os.replace(tmp, final)
 
+    def _write_part(self, name: str, start: int, table: pa.Table) -> None:
+        folder = self.dir / f"{name}.parquet"
+        folder.mkdir(exist_ok=True)
+        final = folder / _PART.format(start)
+        tmp = folder / f".{final.name}.tmp"  # hidden: readers of the folder skip it
+        pq.write_table(table, tmp)
+        self._replace(tmp, final)
+
     def flush(self) -> None:
-        """Write both files; rounds.parquet last, its rename commits the rounds it holds."""
+        """Write the open parts; rounds last, whose renames commit the rounds they hold. A part
+        whose last round is written leaves memory."""
         for name in ("clients", "rounds"):
-            table = pa.concat_tables(self._tables[name])
-            self._tables[name] = [table]
-            tmp = self.dir / f"{name}.parquet.tmp"
-            pq.write_table(table, tmp)
-            self._replace(tmp, self.dir / f"{name}.parquet")
+            for start, tables in sorted(self._open[name].items()):
+                table = pa.concat_tables(tables)
+                self._open[name][start] = [table]
+                self._write_part(name, start, table)
+        self.rounds_logged = len(self._history)
+        newest = self._history[-1]["round"] if self._history else 0
+        for name in _SCHEMAS:
+            for start in [s for s in self._open[name] if s + self.part_rounds - 1 <= newest]:
+                del self._open[name][start]
         self._pending_rounds = 0
 
     def write_profile(self, rows: list[dict[str, Any]]) -> None:
         """profile.parquet, once: every client's resources and the run's q_i and s_i."""
         tmp = self.dir / "profile.parquet.tmp"
+        rows = [{**row, "run_id": self.run_id} for row in rows]
         pq.write_table(pa.Table.from_pylist(rows, schema=PROFILE_SCHEMA), tmp)
         os.replace(tmp, self.dir / "profile.parquet")
 

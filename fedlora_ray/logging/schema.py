@@ -8,8 +8,13 @@ comments.
 
 import pyarrow as pa
 
+# every table's first column: which run a row belongs to (log.run_id, or the run folder's name), so
+# that the logs of a sweep read as one table
+RUN_ID = pa.field("run_id", pa.string())
+
 ROUNDS_SCHEMA = pa.schema(
     [
+        RUN_ID,
         pa.field("round", pa.int32(), nullable=False),  # 1-based
         pa.field("sampled", pa.int32(), nullable=False),  # clients that took part
         pa.field("examples", pa.int64(), nullable=False),  # training examples they hold
@@ -43,6 +48,7 @@ ROUNDS_SCHEMA = pa.schema(
 
 CLIENTS_SCHEMA = pa.schema(
     [
+        RUN_ID,
         pa.field("round", pa.int32(), nullable=False),
         pa.field("client_id", pa.int32(), nullable=False),
         pa.field("examples", pa.int64(), nullable=False),
@@ -68,6 +74,7 @@ CLIENTS_SCHEMA = pa.schema(
 
 PROFILE_SCHEMA = pa.schema(
     [
+        RUN_ID,
         pa.field("client_id", pa.int32(), nullable=False),
         pa.field("examples", pa.int64(), nullable=False),
         pa.field("data_share", pa.float64()),  # p_i
