@@ -101,10 +101,11 @@ def _name(template: str | None, values: dict[str, Any], path: Path) -> str:
     if template is None:
         text = "__".join(f"{k.rsplit('.', 1)[-1]}-{v}" for k, v in values.items())
     else:
-        try:
-            text = template.format_map({k: v for k, v in values.items()})
-        except KeyError as err:
-            raise _fail(path, f"run_name {template!r} names {err.args[0]!r}, which no axis varies") from None
+        # {key} is replaced by the run's value (dotted config keys included, so no str.format)
+        for key in re.findall(r"\{([^{}]+)\}", template):
+            if key not in values:
+                raise _fail(path, f"run_name {template!r} names {key!r}, which no axis varies")
+        text = re.sub(r"\{([^{}]+)\}", lambda m: str(values[m.group(1)]), template)
     clean = re.sub(r"[^A-Za-z0-9._=+-]+", "_", text).strip("._")
     if not clean:
         raise _fail(path, f"run_name {template!r} gives an empty name")
