@@ -1,7 +1,8 @@
 """Entry point for `ray job submit --working-dir . -- python jobs/run.py CONFIG.yaml [--out DIR]`.
 
 Same arguments as `fedlora-ray run`; `python jobs/run.py --resume RUN_DIR [--set
-federation.rounds=N]` continues a run from its newest checkpoint, as `fedlora-ray resume` does.
+federation.rounds=N]` continues a run from its newest checkpoint, as `fedlora-ray resume` does;
+`python jobs/run.py sweep SPEC.yaml --out ROOT` runs a sweep, as `fedlora-ray sweep` does.
 The working directory's root goes on sys.path so the submitted copy of the code is the one that
 runs, installed or not.
 """
@@ -17,4 +18,6 @@ if __name__ == "__main__":
     args = sys.argv[1:]
     if args[:1] == ["--resume"]:
         sys.exit(main(["resume", *args[1:]]))
+    if args[:1] in (["sweep"], ["compare"], ["report"]):
+        sys.exit(main(args))
     sys.exit(main(["run", *args]))
