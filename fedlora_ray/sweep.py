@@ -11,7 +11,8 @@ A spec is a YAML file::
         r8: {model.lora_rank: 8, model.lora_alpha: 16}
         r16: {model.lora_rank: 16, model.lora_alpha: 32}
     seeds: [0, 1, 2]                        # federation.seed
-    run_name: "fig3-{compression.method}-{rank}-s{seed}"   # optional; default: the varied values
+    run_name: "fig3-{compression.method}-{rank}-s{seed}"   # optional; default: the varied values;
+                                            # [-r{rank}] is left out of runs whose grid lacks rank
     task: {num_cpus: 1, num_gpus: 0}        # what one run reserves on the cluster (serial runs)
     max_concurrent: 0                       # 0: as many as the cluster holds
 
@@ -101,7 +102,13 @@ def _name(template: str | None, values: dict[str, Any], path: Path) -> str:
     if template is None:
         text = "__".join(f"{k.rsplit('.', 1)[-1]}-{v}" for k, v in values.items())
     else:
-        # {key} is replaced by the run's value (dotted config keys included, so no str.format)
+        # [..] is left out for runs that lack a key inside it (one grid of a union varies it,
+        # another not); {key} is replaced by the run's value (dotted keys too, so no str.format)
+        def optional(match: re.Match[str]) -> str:
+            inside = re.findall(r"\{([^{}]+)\}", match.group(1))
+            return match.group(1) if all(k in values for k in inside) else ""
+
+        template = re.sub(r"\[([^\[\]]*)\]", optional, template)
         for key in re.findall(r"\{([^{}]+)\}", template):
             if key not in values:
                 raise _fail(path, f"run_name {template!r} names {key!r}, which no axis varies")
@@ -112,9 +119,15 @@ def _name(template: str | None, values: dict[str, Any], path: Path) -> str:
     return clean
 
 
-def load_spec(path: str | Path, seeds: list[int] | None = None, extra: Sequence[str] = ()) -> SweepSpec:
+def load_spec(
+    path: str | Path,
+    seeds: list[int] | None = None,
+    extra: Sequence[str] = (),
+    base: str | Path | None = None,
+) -> SweepSpec:
     """Read and expand a spec; every run's config is validated here, before any work starts.
-    ``seeds`` replaces the spec's seeds; ``extra`` overrides (a.b=value) apply to every run."""
+    ``seeds`` replaces the spec's seeds; ``extra`` overrides (a.b=value) apply to every run;
+    ``base`` replaces the spec's base config."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"sweep spec {str(path)!r} does not exist")
@@ -127,9 +140,9 @@ def load_spec(path: str | Path, seeds: list[int] | None = None, extra: Sequence[
     unknown = set(raw) - _SPEC_KEYS
     if unknown:
         raise _fail(path, f"unknown key(s) {sorted(unknown)}; allowed: {sorted(_SPEC_KEYS)}")
-    if "base" not in raw:
+    if "base" not in raw and base is None:
         raise _fail(path, "'base' must name the base config file")
-    base = (path.parent / str(raw["base"])).resolve()
+    base = Path(base).resolve() if base is not None else (path.parent / str(raw["base"])).resolve()
     grids = raw.get("grid", [{}])
     grids = grids if isinstance(grids, list) else [grids]
     seed_list = seeds if seeds is not None else raw.get("seeds", [0])

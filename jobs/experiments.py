@@ -1,27 +1,26 @@
-"""The SOFT paper's experiments on the embedded default, one command each.
+"""The SOFT paper's experiments on the embedded default: each is a sweep spec in jobs/sweeps/.
 
-    python jobs/experiments.py fig3  [--seeds 0 1 2] [--parallel 4] [--out runs/exp] [--set a.b=v ...]
+    python jobs/experiments.py fig3  [--seeds 0 1 2] [--out runs/exp] [--set a.b=v ...] [--base CONFIG]
     python jobs/experiments.py fig3v ...   # two SOFT variants beside Fig. 3 (same --out: one table)
     python jobs/experiments.py fig4  ...   # orthogonal regulariser: heatmaps + accuracy
     python jobs/experiments.py fig56 ...   # covariance and accuracy against shards per client
+    python jobs/experiments.py fig3c ...   # TSFA against OSFA at fixed ranks
+    python jobs/experiments.py vtradeoff ... # TSFA's V trade-off
     python jobs/experiments.py wallclock ... # docs/algorithms.md §7: simulated time to a target accuracy
-    python jobs/experiments.py summarize fig3|fig4|fig56|wallclock [--out runs/exp]   # tables/plots only
+    python jobs/experiments.py summarize FIG [--out runs/exp]   # tables/plots only (budget: no runs)
 
-Each command runs the runs it misses (a run with a summary.json is kept), several at a time
-as separate processes of `fedlora-ray run` on the serial backend (CUDA when available), then
-writes its tables and PNGs to docs/experiments/ (FIG.md beside the images). The base config
-is jobs/configs/quickstart.yaml (MiniLM + LoRA on WordNet, 100 clients, 10 per round, shards);
-`--base jobs/configs/vision_quickstart.yaml` runs the same on the vision default.
+Each command runs its spec with `fedlora-ray sweep` (on the Ray cluster in RAY_ADDRESS, or a local
+one: several packed serial runs at once, CUDA when a task gets a GPU), which skips finished runs
+and resumes started ones, then writes its tables and PNGs to docs/experiments/ (FIG.md beside
+the images). The specs' base is jobs/configs/quickstart.yaml (MiniLM + LoRA on WordNet, 100
+clients, 10 per round, shards); `--base jobs/configs/vision_quickstart.yaml` runs the same on the
+vision default.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,44 +32,17 @@ from fedlora_ray.report import Run, final_value, load_run, mean_curve  # noqa: E
 
 BASE = ROOT / "jobs" / "configs" / "quickstart.yaml"
 DOCS = ROOT / "docs" / "experiments"
+SWEEPS = ROOT / "jobs" / "sweeps"
+# the runs' names and values come from the specs in jobs/sweeps/; these name what the tables show
 METHODS = ["none", "soft", "flasc", "rlora", "hetlora", "fedlodrop"]
-# two SOFT variants that may explain the text result (docs/algorithms.md §2), run by `fig3v`
-SOFT_VARIANTS = {
-    "softraw": ["compression.method=soft", "compression.soft_selection=raw"],
-    "softscaled": ["compression.method=soft", "compression.orth_penalty=scaled"],
-}
+SOFT_VARIANTS = ["softraw", "softscaled"]  # fig3v.yaml: two SOFT variants (docs/algorithms.md §2)
 LABEL = {"none": "ILoRA (dense)", "soft": "SOFT", "flasc": "FLASC", "rlora": "RLoRA", "hetlora": "HetLoRA",
          "fedlodrop": "FedLoDrop", "softraw": "SOFT, raw ranking",
          "softscaled": "SOFT, scaled penalty"}  # fmt: skip
 FIG3_RANKS = (8, 16)
 KEEP = 0.1
 FIG4_LAMBDAS = (0.0, 1e-3, 1e-2)
-FIG56_SHARDS = (1, 2, 5, 20)
-FIG3C_RANKS = (1, 2, 4, 8, 16, 32)
-V_VALUES = (0.1, 10.0, 100.0)  # V = 1 is fig3c's TSFA run
-# Wall-clock comparison (issue 5): one heterogeneous system, five schemes, rank 16, head frozen.
-WALL_COMMON = [
-    "model.train_head=false", "model.lora_rank=16", "model.lora_alpha=32",
-    "federation.rounds=60", "federation.eval_every=1",
-    "channel.bandwidth_hz=5e6", "channel.compute_samples_per_s=40", "channel.compute_sigma=1.0",
-    "channel.tx_power_sigma_db=4", "controller.kind=finish",
-]  # fmt: skip
-WALL_SCHEMES = {
-    "adaptive": ["algorithm.kind=fslora", "sampling.kind=independent", "controller.kind=adaptive"],
-    # ablation: the adaptive q_i with every sketch ratio fixed at 1
-    "adaptiveq": [
-        "algorithm.kind=fslora",
-        "sampling.kind=independent",
-        "controller.kind=adaptive",
-        "controller.sketch_options=[1.0]",
-    ],  # fmt: skip
-    "fslora": ["algorithm.kind=fslora"],
-    # FSLoRA with uniform sampling and the adaptive scheme's options, drawn at random per client
-    "fslora4": ["algorithm.kind=fslora", "algorithm.client_ratios=[0.125,0.25,0.5,1.0]"],
-    "hetlora": ["algorithm.kind=hetlora"],
-    "ffa": ["algorithm.kind=ffa"],
-    "fedavg": ["algorithm.kind=fedavg"],
-}
+WALL_SCHEMES = ["adaptive", "adaptiveq", "fslora", "fslora4", "hetlora", "ffa", "fedavg"]  # wallclock.yaml
 WALL_LABEL = {"adaptive": "Adaptive (FSLoRA + independent q, s)", "adaptiveq": "Adaptive q only (s = 1)",
               "fslora": "FSLoRA, uniform sampling",
               "fslora4": "FSLoRA, uniform, s in {1/8..1}",
@@ -80,105 +52,16 @@ WALL_PRIMARY = 0.5
 TAG = ""  # --tag: a variant's docs go to FIG-TAG.md and FIG-TAG_*.png
 
 
-def plan(fig: str, seeds: list[int], ranks: tuple[int, ...] = FIG3_RANKS) -> dict[str, list[str]]:
-    """Run name -> overrides of the base config (``ranks``: Fig. 3's LoRA ranks)."""
-    runs: dict[str, list[str]] = {}
-    for s in seeds:
-        if fig == "fig3":
-            for r in ranks:
-                for m in METHODS:
-                    runs[f"fig3-{m}-r{r}-s{s}"] = [
-                        f"compression.method={m}", f"compression.keep_ratio={KEEP}",
-                        f"model.lora_rank={r}", f"model.lora_alpha={2 * r}",
-                    ]  # fmt: skip
-        elif fig == "fig3v":
-            for r in ranks:
-                for v, sets in SOFT_VARIANTS.items():
-                    runs[f"fig3-{v}-r{r}-s{s}"] = [
-                        *sets, f"compression.keep_ratio={KEEP}",
-                        f"model.lora_rank={r}", f"model.lora_alpha={2 * r}",
-                    ]  # fmt: skip
-        elif fig == "fig4":
-            for lam in FIG4_LAMBDAS:
-                runs[f"fig4-lambda{lam:g}-s{s}"] = [
-                    "compression.method=soft",
-                    f"compression.keep_ratio={KEEP}",
-                    f"compression.lambda_o={lam}",
-                ]
-        elif fig == "fig3c":
-            # TSFA against OSFA at fixed ranks under one delay budget; the head is frozen so that
-            # the LoRA uplink is what the clock and the accuracy measure (see Fig. 3).
-            common = ["compression.method=soft", "model.train_head=false"]
-            runs[f"fig3c-tsfa-s{s}"] = [*common, "controller.kind=tsfa"]
-            for r in FIG3C_RANKS:
-                runs[f"fig3c-osfa-r{r}-s{s}"] = [
-                    *common,
-                    "controller.kind=osfa",
-                    f"model.lora_rank={r}",
-                    f"model.lora_alpha={2 * r}",
-                ]  # noqa: E501
-        elif fig == "vtradeoff":
-            for v in V_VALUES:
-                runs[f"vtradeoff-V{v:g}-s{s}"] = [
-                    "compression.method=soft", "model.train_head=false", "controller.kind=tsfa", f"controller.V={v}"  # noqa: E501
-                ]  # fmt: skip
-        elif fig == "wallclock":
-            for name, sets in WALL_SCHEMES.items():
-                runs[f"wallclock-{name}-s{s}"] = [*WALL_COMMON, *sets]
-        elif fig == "fig56":
-            for n in FIG56_SHARDS:
-                runs[f"fig56-shards{n}-s{s}"] = ["compression.method=none", f"data.shards_per_client={n}"]
-        else:
-            raise SystemExit(f"unknown experiment {fig!r}: fig3, fig4 or fig56")
-    return {k: [*v, f"federation.seed={k.rsplit('-s', 1)[1]}", f"name={k}"] for k, v in runs.items()}
-
-
-def run_all(
-    runs: dict[str, list[str]], out: Path, parallel: int, extra: list[str], base: Path = BASE
-) -> None:
-    todo = [n for n in runs if not (out / n / "summary.json").exists()]
-    print(
-        f"{len(runs) - len(todo)} of {len(runs)} runs already done; running {len(todo)}, {parallel} at a time"
-    )
-    env = dict(os.environ, PYTHONPATH=f"{ROOT}:{os.environ.get('PYTHONPATH', '')}", HF_HUB_OFFLINE="1")
-    active: list[tuple[str, subprocess.Popen[bytes], float]] = []
-    failed = []
-    while todo or active:
-        while todo and len(active) < parallel:
-            name = todo.pop(0)
-            if (out / name).exists():
-                import shutil
-
-                shutil.rmtree(out / name)  # an unfinished earlier attempt
-            sets = [
-                a
-                for o in [*runs[name], "runtime.backend=serial", "runtime.progress=false", *extra]
-                for a in ("--set", o)
-            ]
-            cmd = [sys.executable, "-m", "actors.cli", "run", str(base), "--out", str(out / name), *sets]
-            with open(out / f"{name}.log", "wb") as log:  # the child keeps its own handle
-                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-            active.append((name, proc, time.time()))
-        time.sleep(1)
-        for item in list(active):
-            name, proc, start = item
-            if proc.poll() is not None:
-                active.remove(item)
-                status = "ok" if proc.returncode == 0 else f"FAILED (see {out / name}.log)"
-                if proc.returncode:
-                    failed.append(name)
-                print(f"  {name}: {status} in {time.time() - start:.0f} s", flush=True)
-    if failed:
-        raise SystemExit(f"{len(failed)} runs failed: {failed}")
-
-
 def _stem(name: str) -> str:
     fig, _, rest = name.partition("_")
     return f"{fig}-{TAG}_{rest}" if TAG else name
 
 
 def _runs(out: Path, prefix: str) -> list[Run]:
-    return [load_run(p) for p in sorted(out.glob(f"{prefix}*")) if (p / "summary.json").exists()]
+    runs = [load_run(p) for p in sorted(out.glob(f"{prefix}*")) if (p / "summary.json").exists()]
+    if not runs:
+        raise SystemExit(f"no finished run named {prefix}* under {out}: run its sweep first")
+    return runs
 
 
 def _tail_accuracy(run: Run, evals: int = 3) -> float:
@@ -485,35 +368,37 @@ def summarize(fig: str, out: Path) -> Path:
     return path
 
 
+FIGURES = ["fig3", "fig3v", "fig4", "fig56", "fig3c", "vtradeoff", "wallclock"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument(
-        "command",
-        choices=["fig3", "fig3v", "fig4", "fig56", "fig3c", "vtradeoff", "budget", "wallclock", "summarize"],
-    )
-    ap.add_argument("fig", nargs="?", help="for summarize: fig3, fig4 or fig56")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--parallel", type=int, default=1)
+    ap.add_argument("command", choices=[*FIGURES, "budget", "summarize"])
+    ap.add_argument("fig", nargs="?", help=f"for summarize: one of {', '.join(SUMMARIES)}")
+    ap.add_argument("--seeds", type=int, nargs="+", help="replace the spec's seeds (0 1 2)")
     ap.add_argument("--out", default="runs/exp")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--tag", default="", help="name of a variant (with its own --out and --set)")
-    ap.add_argument("--base", default=str(BASE), help="the base config (default: the text quickstart)")
-    ap.add_argument("--ranks", type=int, nargs="+", default=list(FIG3_RANKS), help="fig3, fig3v: LoRA ranks")
+    ap.add_argument("--base", help="the base config (default: the spec's, the text quickstart)")
     args = ap.parse_args()
     global TAG
     TAG = args.tag
     out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
     if args.command == "summarize":
+        if args.fig not in SUMMARIES:
+            ap.error(f"summarize needs one of: {', '.join(SUMMARIES)}")
         summarize(args.fig, out)
         return
     if args.command == "budget":
         summarize("budget", out)
         return
-    runs = plan(args.command, args.seeds, tuple(args.ranks))
-    run_all(runs, out, args.parallel, args.overrides, Path(args.base).resolve())
+    from actors.sweep import closing_table, run_sweep
+    from fedlora_ray.sweep import load_spec
+
+    spec = load_spec(SWEEPS / f"{args.command}.yaml", args.seeds, args.overrides, args.base)
+    outcomes = run_sweep(spec, str(out), write=lambda line: print(line, flush=True))
+    print(closing_table(outcomes))
     summarize("fig3" if args.command == "fig3v" else args.command, out)
-    (out / f"{args.command}.json").write_text(json.dumps(runs, indent=1))
 
 
 if __name__ == "__main__":
