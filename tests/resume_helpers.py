@@ -17,7 +17,8 @@ from tests.conftest import ROOT, TINY
 
 # columns that differ between runs that computed the same numbers: wall clocks, workers, the run's name
 TIMING = {
-    "round_seconds", "client_seconds", "elapsed_seconds", "train_seconds", "solve_seconds", "actor_id", "run_id"
+    "round_seconds", "client_seconds", "elapsed_seconds", "train_seconds", "solve_seconds", "actor_id",
+    "run_id",
 }  # fmt: skip
 
 CHILD = """
