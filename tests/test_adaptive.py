@@ -186,14 +186,6 @@ def test_bad_scheme_settings_name_the_field(overrides, field):
         tiny_config("model.lora_rank=8", *overrides)
 
 
-def test_controller_only_mode_refuses_schemes_it_does_not_model():
-    from fedlora_ray.control.simulate import simulate_uplink
-
-    cfg = tiny_config("model.lora_rank=8", "algorithm.kind=fslora", "controller.kind=finish")
-    with pytest.raises(ConfigError, match="controller-only mode"):
-        simulate_uplink(cfg, 10, dims=[(64, 64)])
-
-
 def test_a_round_nobody_joins_is_logged_and_leaves_the_model_alone(tmp_path):
     """Independent sampling can draw an empty set: the round costs no time and changes nothing."""
     cfg = tiny_config(

@@ -12,6 +12,12 @@ from fedlora_ray.control.simulate import simulate_uplink
 from fedlora_ray.control.tsfa import offline_rank, rho_for_budget
 
 MINILM_DIMS = [(384, 384)] * 12  # q and v in 6 layers: no model needed for the controller
+EQUAL_SIZES = np.full(100, 40.0)  # the default 100 clients, 40 examples each: no data needed either
+
+
+def _simulate(cfg, rounds):
+    """Controller-only rounds on MiniLM's shapes with the LoRA upload alone (no head)."""
+    return simulate_uplink(cfg, rounds, MINILM_DIMS, sizes=EQUAL_SIZES, head_entries=0)
 
 
 def _cfg(*overrides):
@@ -64,13 +70,13 @@ def test_offline_rank_never_falls_as_the_budget_grows_and_stays_interior():
 
 def test_long_horizon_average_delay_meets_the_budget():
     for budget in (0.1, 0.2, 0.5):
-        df = simulate_uplink(_cfg(f"controller.delay_budget_s={budget}"), 10_000, MINILM_DIMS)
+        df = _simulate(_cfg(f"controller.delay_budget_s={budget}"), 10_000)
         assert df["upload_delay_s"].mean() == pytest.approx(budget, rel=0.02)
         assert df["sim_time_s"].iloc[-1] == pytest.approx(df["upload_delay_s"].sum())
 
 
 def test_larger_v_gives_a_lower_bound_and_a_longer_delay():
-    runs = [simulate_uplink(_cfg(f"controller.V={v}"), 3000, MINILM_DIMS) for v in (0.1, 1, 10, 100)]
+    runs = [_simulate(_cfg(f"controller.V={v}"), 3000) for v in (0.1, 1, 10, 100)]
     bounds = [df["bound"].mean() for df in runs]
     delays = [df["upload_delay_s"].mean() for df in runs]
     assert bounds == sorted(bounds, reverse=True)
@@ -79,8 +85,8 @@ def test_larger_v_gives_a_lower_bound_and_a_longer_delay():
 
 
 def test_fixed_and_equal_keep_the_given_ratio_and_eq41_beats_equal():
-    fixed = simulate_uplink(_cfg("controller.kind=fixed", "compression.keep_ratio=0.2"), 500, MINILM_DIMS)
-    equal = simulate_uplink(_cfg("controller.kind=equal", "compression.keep_ratio=0.2"), 500, MINILM_DIMS)
+    fixed = _simulate(_cfg("controller.kind=fixed", "compression.keep_ratio=0.2"), 500)
+    equal = _simulate(_cfg("controller.kind=equal", "compression.keep_ratio=0.2"), 500)
     assert (fixed["keep_ratio"] == 0.2).all() and (equal["keep_ratio"] == 0.2).all()
     assert fixed["upload_delay_s"].mean() < equal["upload_delay_s"].mean()
 

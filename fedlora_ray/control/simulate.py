@@ -1,75 +1,250 @@
-"""Controller-only mode: the channel and controller without training, for long horizons.
+"""Controller-only mode: a run's sampling, channel, controller and simulated clock, with no training
+[ours; the clock it reproduces is docs/algorithms.md §4, the controllers §5 and §7].
 
-Payloads come from the model's LoRA shapes: each sampled client sends the keep ratio's budget
-of every module (values and positions, as the sparsifiers count them), or everything when
-compression is off. 10,000 rounds take seconds; the property tests run on this.
+Each round does what ``fedlora_ray.algorithm.round.round_step`` does, minus the training:
+- the clients are drawn by the run's own sampler (``SAMPLINGS[sampling.kind]``: K of N, or each
+  client with its q_i from the controller's plan), so they are the ones a real run draws;
+- the controller plans the round (fading, keep ratio, planned band shares);
+- each participant's upload is priced as its scheme counts it, from the LoRA module shapes and
+  the plan alone (``upload_cost``): a sparsifier's K_m entries per module with their positions,
+  FedLoDrop's whole components, FSLoRA's k_i-of-r sketch with its component indices, HetLoRA's
+  k_i-component prefix, FFA's B, or everything; plus the trained head's values, as
+  ``ClientTrainer`` adds them;
+- compute takes each participant's examples x local epochs at its speed, scaled by its k_i / r;
+- the controller splits the band once the bits and compute times are known, and the round lasts
+  until its slowest participant has computed and uploaded.
+
+What a client holds: by default the real partition of the training split (its labels only, read
+as the run reads them: about a second for WordNet, no pixels for image datasets), so the compute
+clock is the real run's; ``sizes`` overrides it. The head's entries come from the built model
+(0 when ``model.train_head`` is false); ``head_entries`` overrides it.
+
+Every upload size is a function of the config and the plan, with one exception: FLASC with
+``compression.flasc_scope: global`` picks the top entries over all modules at once, so how many
+land in each module (and so the position bits) depends on the trained update; this mode prices
+it as per-module budgets. With ``controller.calibrate``, TSFA's pilot run (which trains) still
+comes first. 10,000 rounds take seconds; the long-horizon tests run on this.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
-from fedlora_ray.algorithm.sampling import sample_clients
+from fedlora_ray.algorithm.sampling import SAMPLINGS
+from fedlora_ray.algorithm.schemes import make_scheme
 from fedlora_ray.channel import Uplink
-from fedlora_ray.compress import compressor
-from fedlora_ray.compress.bits import sparse_upload_bits
+from fedlora_ray.compress.bits import Dims, component_upload_bits, module_budget, payload_bits
 from fedlora_ray.config import ConfigError, RunConfig
-from fedlora_ray.control.base import ControllerState, make_controller
+from fedlora_ray.control.base import ControllerState, controller_class, make_controller
+
+# One module's upload: (d, k, rank, components k_i, keep ratio rho, value bits) -> (entries, bits).
+ModuleUpload = Callable[[int, int, int, int, float, int], tuple[int, int]]
 
 
-def simulate_uplink(cfg: RunConfig, rounds: int, dims: list[tuple[int, int]] | None = None) -> pd.DataFrame:
-    """One row per round: rank, keep ratio, queue, delays, simulated time, bound, solve time."""
-    from fedlora_ray.tasks import lora_module_dims
+def _dense(d: int, k: int, r: int, comps: int, rho: float, vb: int) -> tuple[int, int]:
+    """``none`` (ILoRA): all r (d + k) entries, no positions."""
+    size = r * (d + k)
+    return size, payload_bits(size, size, vb, dense=True)
 
-    # the payload model below is the sparsifiers' one, with K clients a round and no compute time
-    if (
-        cfg.algorithm.kind != "fedavg"
-        or cfg.sampling.kind != "uniform"
-        or cfg.controller.kind
-        in (
-            "finish",
-            "adaptive",
-        )
-    ):
+
+def _budget(d: int, k: int, r: int, comps: int, rho: float, vb: int) -> tuple[int, int]:
+    """SOFT, RLoRA, HetLoRA-at-budget and FLASC: exactly K_m entries, with their positions."""
+    kept = module_budget(rho, d, k, r)
+    return kept, payload_bits(kept, r * (d + k), vb, dense=False)
+
+
+def _whole_components(d: int, k: int, r: int, comps: int, rho: float, vb: int) -> tuple[int, int]:
+    """FedLoDrop: floor(K_m / (d + k)) whole components, with their positions."""
+    kept = module_budget(rho, d, k, r) // (d + k) * (d + k)
+    return kept, payload_bits(kept, r * (d + k), vb, dense=False)
+
+
+def _sketch(d: int, k: int, r: int, comps: int, rho: float, vb: int) -> tuple[int, int]:
+    """FSLoRA: k_i components, with their indices."""
+    return comps * (d + k), component_upload_bits(comps, r, d, k, vb, indexed=True)
+
+
+def _prefix(d: int, k: int, r: int, comps: int, rho: float, vb: int) -> tuple[int, int]:
+    """HetLoRA: the first k_i components, no indices."""
+    return comps * (d + k), component_upload_bits(comps, r, d, k, vb, indexed=False)
+
+
+def _b_only(d: int, k: int, r: int, comps: int, rho: float, vb: int) -> tuple[int, int]:
+    """FFA-LoRA: all of B's d r entries, no positions."""
+    return d * r, payload_bits(d * r, d * r, vb, dense=True)
+
+
+# how each compression.method of algorithm.kind 'fedavg' counts, and each other scheme
+COMPRESSOR_UPLOADS: dict[str, ModuleUpload] = {
+    "none": _dense,
+    "soft": _budget,
+    "rlora": _budget,
+    "hetlora": _budget,
+    "flasc": _budget,
+    "fedlodrop": _whole_components,
+}
+SCHEME_UPLOADS: dict[str, ModuleUpload] = {"fslora": _sketch, "hetlora": _prefix, "ffa": _b_only}
+
+
+def module_upload(cfg: RunConfig) -> ModuleUpload:
+    """The run's per-module payload model; ConfigError for a scheme or compressor it lacks."""
+    kind, method = cfg.algorithm.kind, cfg.compression.method
+    if kind == "fedavg":
+        if method not in COMPRESSOR_UPLOADS:
+            raise ConfigError(
+                f"config field 'compression.method' = {method!r}: controller-only mode has a payload "
+                f"model for {', '.join(repr(m) for m in COMPRESSOR_UPLOADS)} only"
+            )
+        return COMPRESSOR_UPLOADS[method]
+    if kind not in SCHEME_UPLOADS:
         raise ConfigError(
-            "controller-only mode covers algorithm.kind='fedavg' with sampling.kind='uniform' and "
-            f"controller.kind in equal/fixed/osfa/tsfa; got algorithm.kind={cfg.algorithm.kind!r}, "
-            f"sampling.kind={cfg.sampling.kind!r}, controller.kind={cfg.controller.kind!r}"
+            f"config field 'algorithm.kind' = {kind!r}: controller-only mode has a payload model for "
+            f"'fedavg', {', '.join(repr(m) for m in SCHEME_UPLOADS)} only"
         )
-    from fedlora_ray.control.base import controller_class
+    return SCHEME_UPLOADS[kind]
 
+
+def upload_cost(
+    upload: ModuleUpload, dims: Dims, rank: int, components: int, keep_ratio: float, value_bits: int
+) -> tuple[int, int]:
+    """One client's LoRA upload over all modules: (entries sent, bits). Modules of one shape cost
+    the same, so each shape is priced once (MiniLM's twelve modules are one)."""
+    entries = bits = 0
+    for (d, k), count in Counter(dims).items():
+        e, b = upload(d, k, rank, components, keep_ratio, value_bits)
+        entries, bits = entries + count * e, bits + count * b
+    return entries, bits
+
+
+def client_data(cfg: RunConfig) -> tuple[np.ndarray, int]:
+    """(examples per client, number of labels): the training split's labels dealt as the run
+    deals them (``data.partition``, seeded by ``federation.seed``)."""
+    from fedlora_ray.data import partition_indices
+    from fedlora_ray.tasks import load_splits
+
+    train, _ = load_splits(cfg.data)
+    try:
+        parts = partition_indices(train.labels, cfg.federation.num_clients, cfg.data, cfg.federation.seed)
+    except ValueError as err:
+        raise ConfigError(f"config field 'data.partition' = {cfg.data.partition!r}: {err}") from None
+    return np.array([len(p) for p in parts], dtype=np.float64), len(train.label_names)
+
+
+def trained_head_entries(cfg: RunConfig, num_labels: int) -> int:
+    """Entries of the head every upload carries: those of the built model's trained head, as
+    ``ClientTrainer`` counts them (0 when ``model.train_head`` is false)."""
+    if not cfg.model.train_head:
+        return 0
+    from fedlora_ray.lora.adapter import get_adapter
+    from fedlora_ray.tasks import model_family
+
+    model = model_family(cfg.model.name).build(cfg.model, num_labels, cfg.federation.seed)
+    return sum(t.numel() for t in get_adapter(model).head.values())
+
+
+@dataclass(frozen=True)
+class ControlLog:
+    """What controller-only mode writes: one row per round (rounds.parquet's clock and controller
+    columns) and one row per participant (clients.parquet's channel and payload columns)."""
+
+    rounds: pd.DataFrame
+    clients: pd.DataFrame
+
+
+ROUND_COLUMNS = [
+    "round", "lora_rank", "keep_ratio", "queue", "upload_delay_s", "sim_time_s", "bound", "solve_seconds",
+    "round_delay_s", "sampled", "examples", "uplink_bits", "kept_entries", "objective", "expected_round_s",
+]  # fmt: skip
+CLIENT_COLUMNS = [
+    "round", "client_id", "examples", "bits_sent", "kept_entries", "channel_gain", "snr_db",
+    "bandwidth_share", "upload_s", "compute_s", "sample_prob", "components",
+]  # fmt: skip
+
+
+def simulate_control(
+    cfg: RunConfig,
+    rounds: int,
+    dims: Dims | None = None,
+    sizes: np.ndarray | None = None,
+    head_entries: int | None = None,
+) -> ControlLog:
+    """``rounds`` rounds of the run ``cfg`` without training. ``dims``: the LoRA modules' (d, k)
+    (default: read from the model config); ``sizes``: examples per client (default: the real
+    partition); ``head_entries``: trained head entries per upload (default: the built model's)."""
+    if rounds < 1:
+        raise ConfigError(f"the number of rounds (--rounds) = {rounds}: must be >= 1")
+    upload = module_upload(cfg)
     cfg = controller_class(cfg.controller.kind).prepare(cfg)  # TSFA's offline rank
-    dims = dims or lora_module_dims(cfg.model)
-    fed, comp = cfg.federation, cfg.compression
+    fed, rank = cfg.federation, cfg.model.lora_rank
+    if sizes is None or head_entries is None:
+        data_sizes, num_labels = client_data(cfg)
+        sizes = data_sizes if sizes is None else sizes
+        head_entries = trained_head_entries(cfg, num_labels) if head_entries is None else head_entries
+    sizes = np.asarray(sizes, dtype=np.float64)
+    if sizes.shape != (fed.num_clients,) or not ((sizes >= 1) & (sizes == np.round(sizes))).all():
+        raise ValueError(f"sizes must hold a whole example count >= 1 for each of {fed.num_clients} clients")
+    if dims is None:
+        from fedlora_ray.tasks import lora_module_dims
+
+        dims = lora_module_dims(cfg.model)
+    head_bits = cfg.compression.value_bits * head_entries
+
+    # what build_context and initial_state fix for the run
     uplink = Uplink(cfg.channel, fed.num_clients, fed.seed)
     controller = make_controller(cfg, dims, uplink)
-    n = fed.num_clients
-    share = np.full(n, 1.0 / n)
-    controller.setup(share, np.zeros(n))
-    state: ControllerState = controller.init(np.ones(n))
-    dense = compressor(comp.method).dense
-    rows, sim_time = [], 0.0
+    controller.setup(sizes / sizes.sum(), sizes)
+    sampling = SAMPLINGS[cfg.sampling.kind](fed.seed, fed.num_clients, fed.clients_per_round)
+    state: ControllerState = controller.init(make_scheme(cfg).client_ratios(fed.num_clients, fed.seed))
+    ratio = state.components / rank
+    costs: dict[tuple[int, float], tuple[int, int]] = {}  # (k_i, rho) -> (entries, LoRA bits)
+
+    round_rows, client_parts, sim_time = [], [], 0.0
     for t in range(1, rounds + 1):
-        sampled = sample_clients(fed.seed, t, fed.num_clients, fed.clients_per_round)
+        sampled = sampling.sample(t, state.q)
         plan = controller.plan(state, t, sampled)
-        payload = sparse_upload_bits(controller.rank, dims, plan.keep_ratio, comp.value_bits, dense)
-        bits = np.full(len(sampled), float(payload))
-        upload = uplink.upload_seconds(bits, plan.shares, plan.snr)
-        delay = float(upload.max())
-        state = controller.observe(state, delay)
-        sim_time += delay
-        rows.append(
-            (t, controller.rank, plan.keep_ratio, plan.queue, delay, sim_time, plan.bound, plan.solve_seconds)
-        )
-    columns = [
-        "round",
-        "lora_rank",
-        "keep_ratio",
-        "queue",
-        "upload_delay_s",
-        "sim_time_s",
-        "bound",
-        "solve_seconds",
-    ]
-    return pd.DataFrame(rows, columns=columns)
+        kept, lora_bits = np.zeros(len(sampled), dtype=np.int64), np.zeros(len(sampled), dtype=np.int64)
+        for j, c in enumerate(state.components[sampled].tolist()):
+            key = (c, plan.keep_ratio)
+            if key not in costs:
+                costs[key] = upload_cost(upload, dims, rank, c, plan.keep_ratio, cfg.compression.value_bits)
+            kept[j], lora_bits[j] = costs[key]
+        sent = lora_bits + head_bits
+        # round.py step 7, on the same arrays
+        bits = sent.astype(np.float64)
+        examples = sizes[sampled].astype(np.int64)
+        compute = uplink.compute_seconds(sampled, examples * fed.local_epochs, ratio[sampled])
+        shares = controller.bandwidth(plan, bits, compute)
+        up = uplink.upload_seconds(bits, shares, plan.snr)
+        upload_delay = float(up.max(initial=0.0))
+        round_delay = float((up + compute).max(initial=0.0))
+        sim_time += round_delay
+        round_rows.append((
+            t, rank, plan.keep_ratio, plan.queue, upload_delay, sim_time, plan.bound, plan.solve_seconds,
+            round_delay, len(sampled), int(examples.sum()), int(sent.sum()), int(kept.sum()),
+            state.plan.objective, state.plan.expected_round_s,
+        ))  # fmt: skip
+        client_parts.append((
+            np.full(len(sampled), t), sampled, examples, sent, kept, plan.gain, 10 * np.log10(plan.snr),
+            shares, up, compute, state.q[sampled], state.components[sampled],
+        ))  # fmt: skip
+        state = controller.observe(state, upload_delay)
+    columns = [np.concatenate(parts) for parts in zip(*client_parts)]
+    clients = pd.DataFrame(dict(zip(CLIENT_COLUMNS, columns)))
+    return ControlLog(pd.DataFrame(round_rows, columns=ROUND_COLUMNS), clients)
+
+
+def simulate_uplink(
+    cfg: RunConfig,
+    rounds: int,
+    dims: Dims | None = None,
+    sizes: np.ndarray | None = None,
+    head_entries: int | None = None,
+) -> pd.DataFrame:
+    """One row per round: rank, keep ratio, queue, upload and round delays, simulated time,
+    bound, solve time, participants, bits, and the client plan's objective (``simulate_control``)."""
+    return simulate_control(cfg, rounds, dims, sizes, head_entries).rounds
