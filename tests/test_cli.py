@@ -120,8 +120,10 @@ def test_controller_only_mode_from_the_cli(tmp_path, capsys):
     out = tmp_path / "ctl.parquet"
     args = ["control", str(ROOT / "jobs/configs/quickstart.yaml"), "--rounds", "400", "--out", str(out)]
     sets = ["--set", "controller.kind=tsfa", "--set", "compression.method=soft"]
-    assert main([*args, *sets]) == 0
+    assert main([*args, *sets, "--clients", str(tmp_path / "clients.parquet")]) == 0
     df = pd.read_parquet(out)
     assert len(df) == 400 and df["lora_rank"].nunique() == 1 and (df["keep_ratio"] <= 1).all()
+    clients = pd.read_parquet(tmp_path / "clients.parquet")
+    assert len(clients) == df["sampled"].sum() and set(clients["round"]) == set(range(1, 401))
     assert "mean upload delay" in capsys.readouterr().out
     assert main([*args, "--set", "controller.kind=tsfa"]) == 2  # tsfa needs a sparsifier
