@@ -118,7 +118,8 @@ def _drive(
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     outcomes = {rid: RunOutcome(rid, "skipped") for rid, s in statuses.items() if s == "done"}
     waiting: list[SweepRun] = [r for r in spec.runs if statuses[r.run_id] != "done"]
-    limit = concurrent_runs(max(needs.values(), key=lambda n: sum(n.values())), cluster, spec.max_concurrent)
+    largest = max(needs.values(), key=lambda n: sum(n.values()))
+    limit = min(concurrent_runs(largest, cluster, spec.max_concurrent), max(1, len(waiting)))
     running: dict[Any, tuple[str, float]] = {}
     start = time.perf_counter()
 
