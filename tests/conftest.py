@@ -68,13 +68,13 @@ def tiny_config(*overrides: str) -> RunConfig:
     return load_config(None, [*TINY, *overrides])
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _ray_bin() -> str:
+def ray_bin() -> str:
     return str(Path(sys.executable).parent / "ray")
 
 
@@ -84,11 +84,11 @@ def ray_cluster() -> Iterator[dict[str, str]]:
     group, so that stopping it never touches another Ray cluster on the machine (as the global
     `ray stop` would)."""
     temp = tempfile.mkdtemp(prefix="fr-", dir="/tmp")  # short: Ray's socket paths are limited
-    port, dash = _free_port(), _free_port()
+    port, dash = free_port(), free_port()
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     head = subprocess.Popen(
         [
-            _ray_bin(), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+            ray_bin(), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=4",
             "--num-gpus=2", f"--temp-dir={temp}", "--include-dashboard=true", "--disable-usage-stats",
         ],
