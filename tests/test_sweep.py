@@ -223,3 +223,28 @@ def test_a_relative_out_is_refused_under_ray_job_submit(tmp_path, monkeypatch, c
         assert "is relative: under `ray job submit`" in err and "s3://bucket" in err
     assert main(["run", base, "--out", "ftp://host/x"]) == 2
     assert "not one pyarrow's filesystems open" in capsys.readouterr().err
+
+
+@pytest.mark.ray
+def test_a_sweep_writes_to_a_uri_through_the_driver_actor(ray_session, tmp_path, capsys):
+    """The sweep's root is a URI: runs.parquet goes there, and a run on the Ray backend has its
+    DriverActor write a staging copy and push it after each round."""
+    from actors.cli import main
+
+    spec = _spec(
+        tmp_path,
+        grid={"runtime.backend": ["ray"]},
+        set={"runtime.ray_address": ray_session["address"], "runtime.num_actors": 1},
+        run_name="uri-s{seed}",
+    )
+    root = tmp_path / "bucket" / "sweep"
+    assert main(["sweep", str(spec), "--out", f"file://{root}"]) == 0
+    assert pd.read_parquet(root / "runs.parquet")["run_id"].tolist() == ["uri-s0"]
+    run = root / "uri-s0"
+    assert json.loads((run / "summary.json").read_text())["run_id"] == "uri-s0"
+    assert pd.read_parquet(run / "rounds.parquet")["round"].tolist() == [1, 2]
+    assert (run / "adapter" / "adapter_model.safetensors").is_file() and not list(run.rglob("*.tmp"))
+    # run again: the finished run is read back from the URI and skipped
+    capsys.readouterr()
+    assert main(["sweep", str(spec), "--out", f"file://{root}"]) == 0
+    assert "1/1 done (1 before)" in capsys.readouterr().out
