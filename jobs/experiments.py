@@ -20,6 +20,7 @@ vision default.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -380,6 +381,8 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--tag", default="", help="name of a variant (with its own --out and --set)")
     ap.add_argument("--base", help="the base config (default: the spec's, the text quickstart)")
+    ap.add_argument("--parallel", type=int, default=0, help="runs at once (default: what the cluster holds)")
+    ap.add_argument("--ranks", nargs="+", help="fig3, fig3v: only these of the spec's LoRA ranks (8, 16)")
     args = ap.parse_args()
     global TAG
     TAG = args.tag
@@ -396,6 +399,14 @@ def main() -> None:
     from fedlora_ray.sweep import load_spec
 
     spec = load_spec(SWEEPS / f"{args.command}.yaml", args.seeds, args.overrides, args.base)
+    if args.ranks:
+        known = {r.values.get("rank") for r in spec.runs}
+        if not set(args.ranks) <= known:
+            raise SystemExit(f"--ranks {args.ranks}: {args.command}.yaml has ranks {sorted(known - {None})}")
+        kept = tuple(r for r in spec.runs if r.values.get("rank") in args.ranks)
+        spec = dataclasses.replace(spec, runs=kept)
+    if args.parallel:
+        spec = dataclasses.replace(spec, max_concurrent=args.parallel)
     outcomes = run_sweep(spec, str(out), write=lambda line: print(line, flush=True))
     print(closing_table(outcomes))
     summarize("fig3" if args.command == "fig3v" else args.command, out)
