@@ -51,3 +51,19 @@ def test_smoke_job_through_ray_job_submit_then_extended_with_resume(ray_cluster,
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "resuming" in proc.stdout and "round    3/3" in proc.stdout
     assert pd.read_parquet(out / "rounds.parquet")["round"].tolist() == [1, 2, 3]
+
+
+def test_a_sweep_through_ray_job_submit(ray_cluster, tmp_path):
+    """A relative --out is refused in the job; an absolute one gets both runs, each with its
+    own driver and actors on the cluster."""
+    proc = _submit(ray_cluster, "sweep", "jobs/sweeps/smoke.yaml", "--out", "runs/relative")
+    assert proc.returncode != 0 and "is relative: under `ray job submit`" in proc.stdout + proc.stderr
+    root = tmp_path / "sweep"
+    proc = _submit(ray_cluster, "sweep", "jobs/sweeps/smoke.yaml", "--out", str(root))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "sweep smoke: 2/2 done (0 before), 0 running, 0 failed" in proc.stdout
+    joined = pd.read_parquet(root / "runs.parquet").merge(
+        pd.concat(pd.read_parquet(root / r / "rounds.parquet") for r in ("smoke-none-s0", "smoke-soft-s0")),
+        on="run_id",
+    )
+    assert sorted(joined["compression.method"].unique()) == ["none", "soft"] and len(joined) == 4

@@ -248,3 +248,11 @@ def test_a_sweep_writes_to_a_uri_through_the_driver_actor(ray_session, tmp_path,
     capsys.readouterr()
     assert main(["sweep", str(spec), "--out", f"file://{root}"]) == 0
     assert "1/1 done (1 before)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parents[1] / "jobs" / "sweeps").glob("*.yaml")), ids=str
+)
+def test_every_shipped_sweep_spec_expands_into_valid_configs(path):
+    spec = load_spec(path)  # validates every run's config
+    assert spec.runs and len({r.run_id for r in spec.runs}) == len(spec.runs)
