@@ -15,6 +15,7 @@ import torch
 
 from fedlora_ray.algorithm.state import RunState
 from fedlora_ray.logging import save_checkpoint
+from fedlora_ray.logging.checkpoint import checkpoint_round, checkpoints
 
 if TYPE_CHECKING:
     from fedlora_ray.algorithm.run import FederatedRun
@@ -89,14 +90,19 @@ class ParquetLog(Callback):
 
 class Checkpoint(Callback):
     """Every ``checkpoint.every`` rounds and after the last: flush the logs, then write the state
-    (so the logs always hold every round the newest checkpoint has)."""
+    (so the logs always hold every round the newest checkpoint has). The client store first
+    writes its RAM states changed since the last checkpoint to their files, and every file the
+    state refers to reaches the disk; the checkpoint holds their index (client -> version), and
+    the store keeps each file while a kept checkpoint refers to it [docs/algorithms.md §10]."""
 
     def on_round_end(self, run, state, row, client_rows):  # type: ignore[no-untyped-def]
         ck = run.cfg.checkpoint
         if run.log is None or (state.round % ck.every and state.round != run.cfg.federation.rounds):
             return
         run.log.flush()
+        state.clients.persist()
         save_checkpoint(run.log.dir, state.round, {"state": state, "config": run.cfg.to_dict()}, ck.keep)
+        state.clients.checkpointed(state.round, [checkpoint_round(p) for p in checkpoints(run.log.dir)])
 
 
 def format_progress(row: dict[str, Any], rounds: int) -> str:

@@ -101,9 +101,10 @@ def round_step(
         update = ctx.scheme.aggregate(state.adapter, held, weights, ctl.components[ids])
         adapter, server_opt = server_step(cfg.algorithm, server_opt, state.adapter, update)
 
-    # 6. The client store keeps what each accepted client carries to its next round.
-    clients = dict(state.clients)
-    clients.update({r.client_id: r.state for r in kept if r.state})
+    # 6. The client store keeps what each accepted client carries to its next round: a new
+    #    snapshot, in RAM up to runtime.client_store_mem_mb and then on disk; the old one stays
+    #    valid until the callbacks accept the new state [docs/algorithms.md §10].
+    clients = state.clients.updated(t, {r.client_id: r.state for r in kept if r.state})
 
     # 7. The uplink on the simulated clock: the bits actually sent, compute at each client's
     #    speed; the round lasts until its slowest participant is done [paper (6)-(7)].

@@ -10,10 +10,11 @@ resources.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
 
 import numpy as np
 
+from fedlora_ray.algorithm.client_store import ClientStore
 from fedlora_ray.algorithm.sampling import SAMPLINGS, Sampling
 from fedlora_ray.algorithm.schemes import Scheme, make_scheme
 from fedlora_ray.algorithm.server_opt import ServerOptState
@@ -29,7 +30,7 @@ class RunState:
     adapter: Adapter  # the global LoRA factors and head
     server_opt: ServerOptState  # server Adam's moments (empty for sgd)
     controller: ControllerState  # virtual queue and the client plan (q_i, k_i)
-    clients: dict[int, dict[str, Any]] = field(default_factory=dict)  # per-client state: error memory
+    clients: ClientStore = field(default_factory=ClientStore)  # per-client state: error memory
     sim_time: float = 0.0  # simulated clock, s
 
 
@@ -74,9 +75,12 @@ def build_context(
     )
 
 
-def initial_state(ctx: RunContext, adapter: Adapter) -> RunState:
-    """Round 0: the seeded initial adapter and the controller's plan for the run."""
+def initial_state(ctx: RunContext, adapter: Adapter, store_dir: Path | None = None) -> RunState:
+    """Round 0: the seeded initial adapter, the controller's plan for the run, and an empty
+    client store that spills past ``runtime.client_store_mem_mb`` to ``store_dir`` (a
+    temporary folder when None)."""
     fed = ctx.cfg.federation
     ratios = ctx.scheme.client_ratios(fed.num_clients, fed.seed)
     controller = ctx.controller.init(ratios)
-    return RunState(0, adapter.clone(), ServerOptState(), controller, {}, 0.0)
+    clients = ClientStore.create(store_dir, ctx.cfg.runtime.client_store_mem_mb)
+    return RunState(0, adapter.clone(), ServerOptState(), controller, clients, 0.0)
