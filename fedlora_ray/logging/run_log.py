@@ -196,11 +196,18 @@ class RunLog:
                 del self._open[name][start]
         self._pending_rounds = 0
 
-    def write_profile(self, rows: list[dict[str, Any]]) -> None:
-        """profile.parquet, once: every client's resources and the run's q_i and s_i."""
+    def write_profile(self, columns: dict[str, Any]) -> None:
+        """profile.parquet, once: every client's resources and the run's q_i and s_i, given as
+        columns (arrays of one entry per client)."""
+        n = len(columns["client_id"])
+        arrays = [
+            pa.array([self.run_id] * n, pa.string())
+            if field.name == "run_id"
+            else pa.array(columns[field.name], type=field.type)
+            for field in PROFILE_SCHEMA
+        ]
         tmp = self.dir / "profile.parquet.tmp"
-        rows = [{**row, "run_id": self.run_id} for row in rows]
-        pq.write_table(pa.Table.from_pylist(rows, schema=PROFILE_SCHEMA), tmp)
+        pq.write_table(pa.Table.from_arrays(arrays, schema=PROFILE_SCHEMA), tmp)
         os.replace(tmp, self.dir / "profile.parquet")
 
     def write_json(self, filename: str, obj: Any) -> None:
