@@ -13,7 +13,14 @@ from typing import Protocol
 
 import torch
 
-from fedlora_ray.compress.bits import module_budget, payload_bits
+from fedlora_ray.compress.bits import (
+    ModuleUpload,
+    budget_upload,
+    dense_upload,
+    module_budget,
+    payload_bits,
+    whole_component_upload,
+)
 from fedlora_ray.config import CompressionConfig
 from fedlora_ray.lora.adapter import Adapter
 
@@ -51,6 +58,10 @@ class Compressor(Protocol):
         self, update: Factors, local: Factors, cfg: CompressionConfig, gen: torch.Generator
     ) -> Compressed: ...
 
+    # one module's (entries, bits) at keep ratio rho without an update to compress, for
+    # controller-only mode: (d, k, r, components, rho, value_bits) -> (entries, bits)
+    module_upload: ModuleUpload
+
 
 COMPRESSORS: dict[str, Compressor] = {}
 
@@ -80,6 +91,9 @@ class Dense:
     dense = True
     orthogonal = False
 
+    def __init__(self) -> None:
+        self.module_upload: ModuleUpload = dense_upload
+
     def compress(
         self, update: Factors, local: Factors, cfg: CompressionConfig, gen: torch.Generator
     ) -> Compressed:
@@ -99,9 +113,12 @@ class PerModule:
 
     dense = False
 
-    def __init__(self, select: Selector, orthogonal: bool = False) -> None:
+    def __init__(self, select: Selector, orthogonal: bool = False, whole_components: bool = False) -> None:
+        """``whole_components``: ``select`` keeps whole rank components only (FedLoDrop), so
+        the payload model counts floor(K_m / (d + k)) components rather than K_m entries."""
         self.select = select
         self.orthogonal = orthogonal
+        self.module_upload: ModuleUpload = whole_component_upload if whole_components else budget_upload
 
     def positions(
         self, update: Factors, local: Factors, cfg: CompressionConfig, gen: torch.Generator

@@ -12,9 +12,11 @@ bits per component index. The controllers of the SOFT paper price an entry at a 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 Dims = Sequence[tuple[int, int]]  # (d_m, k_m) = (out, in) features of every LoRA module
+# one module's upload without training: (d, k, r, k_i, keep ratio, value bits) -> (entries, bits)
+ModuleUpload = Callable[[int, int, int, int, float, int], tuple[int, int]]
 
 
 def index_bits(size: int) -> int:
@@ -69,3 +71,41 @@ def full_sketch_bits(rank: int, dims: Dims, value_bits: int) -> float:
     indices; a ratio s sends s times this. The adaptive objective's payload model
     [docs/algorithms.md §7]."""
     return float(sum(component_upload_bits(rank, rank, d, k, value_bits, indexed=True) for d, k in dims))
+
+
+# ---- one module's upload without training: (entries sent, bits), for controller-only mode
+# [docs/algorithms.md §4, "Controller-only mode"]; each compressor and scheme names its own.
+# comps: the client's k_i; rho: the keep ratio; vb: bits per value.
+
+
+def dense_upload(d: int, k: int, r: int, comps: int, rho: float, vb: int) -> tuple[int, int]:
+    """``none`` (ILoRA): all r (d + k) entries, no positions."""
+    size = r * (d + k)
+    return size, payload_bits(size, size, vb, dense=True)
+
+
+def budget_upload(d: int, k: int, r: int, comps: int, rho: float, vb: int) -> tuple[int, int]:
+    """SOFT, RLoRA, HetLoRA-at-budget and FLASC: exactly K_m entries, with their positions."""
+    kept = module_budget(rho, d, k, r)
+    return kept, payload_bits(kept, r * (d + k), vb, dense=False)
+
+
+def whole_component_upload(d: int, k: int, r: int, comps: int, rho: float, vb: int) -> tuple[int, int]:
+    """FedLoDrop: floor(K_m / (d + k)) whole components, with their positions."""
+    kept = module_budget(rho, d, k, r) // (d + k) * (d + k)
+    return kept, payload_bits(kept, r * (d + k), vb, dense=False)
+
+
+def sketch_upload(d: int, k: int, r: int, comps: int, rho: float, vb: int) -> tuple[int, int]:
+    """FSLoRA: k_i components, with their indices."""
+    return comps * (d + k), component_upload_bits(comps, r, d, k, vb, indexed=True)
+
+
+def prefix_upload(d: int, k: int, r: int, comps: int, rho: float, vb: int) -> tuple[int, int]:
+    """HetLoRA: the first k_i components, no indices."""
+    return comps * (d + k), component_upload_bits(comps, r, d, k, vb, indexed=False)
+
+
+def b_only_upload(d: int, k: int, r: int, comps: int, rho: float, vb: int) -> tuple[int, int]:
+    """FFA-LoRA: all of B's d r entries, no positions."""
+    return d * r, payload_bits(d * r, d * r, vb, dense=True)

@@ -29,7 +29,6 @@ comes first. 10,000 rounds take seconds; the long-horizon tests run on this.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,75 +37,17 @@ import pandas as pd
 from fedlora_ray.algorithm.sampling import SAMPLINGS
 from fedlora_ray.algorithm.schemes import make_scheme
 from fedlora_ray.channel import Uplink
-from fedlora_ray.compress.bits import Dims, component_upload_bits, module_budget, payload_bits
+from fedlora_ray.compress.bits import Dims, ModuleUpload
 from fedlora_ray.config import ConfigError, RunConfig
 from fedlora_ray.control.base import ControllerState, controller_class, make_controller
 
-# One module's upload: (d, k, rank, components k_i, keep ratio rho, value bits) -> (entries, bits).
-ModuleUpload = Callable[[int, int, int, int, float, int], tuple[int, int]]
-
-
-def _dense(d: int, k: int, r: int, comps: int, rho: float, vb: int) -> tuple[int, int]:
-    """``none`` (ILoRA): all r (d + k) entries, no positions."""
-    size = r * (d + k)
-    return size, payload_bits(size, size, vb, dense=True)
-
-
-def _budget(d: int, k: int, r: int, comps: int, rho: float, vb: int) -> tuple[int, int]:
-    """SOFT, RLoRA, HetLoRA-at-budget and FLASC: exactly K_m entries, with their positions."""
-    kept = module_budget(rho, d, k, r)
-    return kept, payload_bits(kept, r * (d + k), vb, dense=False)
-
-
-def _whole_components(d: int, k: int, r: int, comps: int, rho: float, vb: int) -> tuple[int, int]:
-    """FedLoDrop: floor(K_m / (d + k)) whole components, with their positions."""
-    kept = module_budget(rho, d, k, r) // (d + k) * (d + k)
-    return kept, payload_bits(kept, r * (d + k), vb, dense=False)
-
-
-def _sketch(d: int, k: int, r: int, comps: int, rho: float, vb: int) -> tuple[int, int]:
-    """FSLoRA: k_i components, with their indices."""
-    return comps * (d + k), component_upload_bits(comps, r, d, k, vb, indexed=True)
-
-
-def _prefix(d: int, k: int, r: int, comps: int, rho: float, vb: int) -> tuple[int, int]:
-    """HetLoRA: the first k_i components, no indices."""
-    return comps * (d + k), component_upload_bits(comps, r, d, k, vb, indexed=False)
-
-
-def _b_only(d: int, k: int, r: int, comps: int, rho: float, vb: int) -> tuple[int, int]:
-    """FFA-LoRA: all of B's d r entries, no positions."""
-    return d * r, payload_bits(d * r, d * r, vb, dense=True)
-
-
-# how each compression.method of algorithm.kind 'fedavg' counts, and each other scheme
-COMPRESSOR_UPLOADS: dict[str, ModuleUpload] = {
-    "none": _dense,
-    "soft": _budget,
-    "rlora": _budget,
-    "hetlora": _budget,
-    "flasc": _budget,
-    "fedlodrop": _whole_components,
-}
-SCHEME_UPLOADS: dict[str, ModuleUpload] = {"fslora": _sketch, "hetlora": _prefix, "ffa": _b_only}
-
 
 def module_upload(cfg: RunConfig) -> ModuleUpload:
-    """The run's per-module payload model; ConfigError for a scheme or compressor it lacks."""
-    kind, method = cfg.algorithm.kind, cfg.compression.method
-    if kind == "fedavg":
-        if method not in COMPRESSOR_UPLOADS:
-            raise ConfigError(
-                f"config field 'compression.method' = {method!r}: controller-only mode has a payload "
-                f"model for {', '.join(repr(m) for m in COMPRESSOR_UPLOADS)} only"
-            )
-        return COMPRESSOR_UPLOADS[method]
-    if kind not in SCHEME_UPLOADS:
-        raise ConfigError(
-            f"config field 'algorithm.kind' = {kind!r}: controller-only mode has a payload model for "
-            f"'fedavg', {', '.join(repr(m) for m in SCHEME_UPLOADS)} only"
-        )
-    return SCHEME_UPLOADS[kind]
+    """The run's per-module payload model: its scheme's, which for FedAvg is its compressor's
+    (ConfigError for a registered scheme that has none)."""
+    from fedlora_ray.algorithm.schemes import make_scheme
+
+    return make_scheme(cfg).module_upload
 
 
 def upload_cost(

@@ -101,6 +101,16 @@ class Scheme:
         """(what the client sends of its local change, its new persistent state)."""
         raise NotImplementedError
 
+    def module_upload(
+        self, d: int, k: int, r: int, components: int, keep_ratio: float, value_bits: int
+    ) -> tuple[int, int]:
+        """One module's upload without training, (entries, bits), as ``upload`` would count it:
+        controller-only mode prices rounds with it [docs/algorithms.md §4]."""
+        raise ConfigError(
+            f"config field 'algorithm.kind' = {self.name!r}: this scheme has no payload model for "
+            "controller-only mode (give its class a module_upload)"
+        )
+
     # ---- the server
     def held(self, upload: Adapter, components: int) -> Adapter:
         """What the server holds for a client, from the global adapter plus its sent update

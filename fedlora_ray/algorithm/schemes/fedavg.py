@@ -34,6 +34,11 @@ class FedAvg(Scheme):
     def validate(cls, cfg: RunConfig) -> None:
         """Any compressor goes."""
 
+    def module_upload(
+        self, d: int, k: int, r: int, components: int, keep_ratio: float, value_bits: int
+    ) -> tuple[int, int]:
+        return self.compressor.module_upload(d, k, r, components, keep_ratio, value_bits)
+
     @property
     def orthogonal_weight(self) -> float:
         return self.cfg.compression.lambda_o if self.compressor.orthogonal else 0.0

@@ -17,6 +17,7 @@ import torch
 from fedlora_ray.algorithm.schemes.base import LocalUpdate, RatioScheme, register_scheme
 from fedlora_ray.algorithm.schemes.structured import component_upload
 from fedlora_ray.compress import Compressed
+from fedlora_ray.compress.bits import sketch_upload
 
 _SKETCH_STREAM = 0x5CE7C4  # the sketch draws from its own stream of the client's round seed
 
@@ -31,6 +32,7 @@ def sketch_components(seed: int, modules: Sequence[str], rank: int, k: int) -> d
 @register_scheme
 class FSLoRA(RatioScheme):
     name = "fslora"
+    module_upload = staticmethod(sketch_upload)  # type: ignore[assignment]
 
     def components(self, seed: int, modules: Sequence[str], k: int | None) -> dict[str, torch.Tensor] | None:
         return sketch_components(seed, modules, self.rank, self.rank if k is None else k)

@@ -23,12 +23,14 @@ from fedlora_ray.algorithm.sampling import RoundWeights
 from fedlora_ray.algorithm.schemes.base import LocalUpdate, RatioScheme, register_scheme
 from fedlora_ray.algorithm.schemes.structured import component_upload
 from fedlora_ray.compress import Compressed
+from fedlora_ray.compress.bits import prefix_upload
 from fedlora_ray.lora.adapter import Adapter
 
 
 @register_scheme
 class HetLoRA(RatioScheme):
     name = "hetlora"
+    module_upload = staticmethod(prefix_upload)  # type: ignore[assignment]
 
     def components(self, seed: int, modules: Sequence[str], k: int | None) -> dict[str, torch.Tensor] | None:
         return {m: torch.arange(self.rank if k is None else k) for m in modules}
