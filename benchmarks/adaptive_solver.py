@@ -1,19 +1,27 @@
 """The adaptive controller's solve (docs/algorithms.md §7) against the number of clients N.
 
-For N in {50, 100, 200, 500, 1000} with K = N / 10: compute times lognormal (median 1 s,
-sigma 1), the default channel of section 4 at 20 MHz, a 3.5 Mbit full upload, sketch options
-{1/8, 1/4, 1/2, 1}, a0 = 1, a1 = 20, a2 = 0.5, omega = 0.7 (the prototype of docs/algorithms.md §7).
-Reports the wall time of one solve, its outer iterations, and the objective's gain over uniform
-q = K / N with s = 1. The solve runs once per training run. Writes
-benchmarks/results/adaptive_solver.{json,md}.
+The problem is the prototype of docs/algorithms.md §7: compute times lognormal (median 1 s,
+sigma 1), the default channel of section 4 at 20 MHz with each client's share Bw / K, a 3.5 Mbit
+full upload, sketch options {1/8, 1/4, 1/2, 1}, a0 = 1, a1 = 20 * 100 / N, a2 = 0.5, omega = 0.7,
+q_min = K / (10 N). K is N / 10 unless ``--k`` fixes it. Reports the wall and CPU time of one
+solve, its outer iterations, and the objective's gain over uniform q = K / N with s = 1; for N up
+to ``--reference-max`` also the plain-loop solver the fast one replaced (``reference_solve`` in
+tests/test_adaptive.py), its time, and whether the plans agree (largest |q - q_ref|, s equal,
+objective's relative gap). The solve runs once per training run.
 
-    python benchmarks/adaptive_solver.py [--sizes 50 100 200 500 1000]
+Rows are merged into benchmarks/results/adaptive_solver.json by (N, K) and the table
+benchmarks/results/adaptive_solver.md is written from all of them, so several runs add up:
+
+    python benchmarks/adaptive_solver.py --sizes 50 100 200 500 1000 2000 5000 10000 --reference-max 1000
+    python benchmarks/adaptive_solver.py --k 100 --sizes 500 1000 2000 5000 10000 --reference-max 2000
+    python benchmarks/adaptive_solver.py --k 100 --sizes 100000
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -26,11 +34,12 @@ sys.path.insert(0, str(ROOT))
 
 from fedlora_ray.channel import Uplink  # noqa: E402
 from fedlora_ray.config import ChannelConfig  # noqa: E402
-from fedlora_ray.control.adaptive import AdaptiveProblem, solve  # noqa: E402
+from fedlora_ray.control.adaptive import AdaptivePlan, AdaptiveProblem, solve  # noqa: E402
+
+OUT = ROOT / "benchmarks" / "results"
 
 
-def problem(n: int) -> AdaptiveProblem:
-    k = n // 10
+def problem(n: int, k: int) -> AdaptiveProblem:
     rng = np.random.default_rng(1)
     snr = Uplink(ChannelConfig(), n, 0).mean_snr
     return AdaptiveProblem(
@@ -40,46 +49,107 @@ def problem(n: int) -> AdaptiveProblem:
     )  # fmt: skip
 
 
+def timed(fn, prob: AdaptiveProblem) -> tuple[AdaptivePlan, float, float]:
+    """The plan, wall seconds and CPU seconds of this process."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    plan = fn(prob)
+    return plan, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def measure(n: int, k: int, reference: bool) -> dict:
+    prob = problem(n, k)
+    load = os.getloadavg()[0]
+    plan, wall, cpu = timed(solve, prob)
+    uniform = prob.objective(np.full(n, prob.k / n), np.ones(n))
+    row = {
+        "N": n, "K": k, "solve_seconds": wall, "solve_cpu_seconds": cpu, "iterations": plan.iterations,
+        "objective": plan.objective, "gain_over_uniform": uniform / plan.objective,
+        "corr_q_compute": float(np.corrcoef(plan.q, prob.tau)[0, 1]),
+        "clients_below_s1": int((plan.s < 1).sum()),
+        "load_average_1min": load,
+    }  # fmt: skip
+    if reference:
+        sys.path.insert(0, str(ROOT / "tests"))
+        from test_adaptive import reference_solve
+
+        ref, ref_wall, ref_cpu = timed(reference_solve, prob)
+        row.update(
+            reference_seconds=ref_wall, reference_cpu_seconds=ref_cpu, speedup_cpu=ref_cpu / cpu,
+            max_abs_q_difference=float(np.max(np.abs(plan.q - ref.q))),
+            q_bitwise_equal=bool(np.array_equal(plan.q, ref.q)), s_equal=bool(np.array_equal(plan.s, ref.s)),
+            objective_relative_difference=abs(plan.objective - ref.objective) / abs(ref.objective),
+        )  # fmt: skip
+    return row
+
+
+def describe(row: dict) -> str:
+    text = (
+        f"N={row['N']:6d} K={row['K']:5d}: solve {row['solve_seconds']:8.2f} s wall, "
+        f"{row['solve_cpu_seconds']:8.2f} s CPU, {row['iterations']} iterations, "
+        f"gain {row['gain_over_uniform']:.2f}x, corr(q, tau) {row['corr_q_compute']:.2f}, "
+        f"{row['clients_below_s1']} clients with s < 1"
+    )
+    if "reference_seconds" in row:
+        text += (
+            f"; plain loops {row['reference_cpu_seconds']:.2f} s CPU ({row['speedup_cpu']:.1f}x), "
+            f"max |dq| {row['max_abs_q_difference']:.1e}, s equal {row['s_equal']}, "
+            f"objective gap {row['objective_relative_difference']:.1e}"
+        )
+    return text
+
+
+def write(rows: list[dict], meta: dict) -> None:
+    rows = sorted(rows, key=lambda r: (r["K"] != r["N"] // 10, r["K"], r["N"]))
+    (OUT / "adaptive_solver.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    lines = [
+        "# Adaptive controller: one solve against N", "",
+        f"`python benchmarks/adaptive_solver.py` on {meta['machine']} ({meta['cpus']} CPUs shared with other "
+        "work, one core used, numpy); the CPU column is this process's CPU time, which the machine's load "
+        "does not inflate. \"Plain loops\" is the solver before it was made fast (`reference_solve` in "
+        "tests/test_adaptive.py), run where it finishes in a few minutes; its plans are compared with the "
+        "fast one's.", "",
+        "| N | K | solve wall (s) | solve CPU (s) | outer iterations | gain over uniform q, s = 1 "
+        "| corr(q, compute) | clients with s < 1 | plain loops CPU (s) | speed-up (CPU) "
+        "| max abs q difference | same s | objective gap |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for r in rows:
+        ref = (
+            f"{r['reference_cpu_seconds']:.1f} | {r['speedup_cpu']:.1f}x | {r['max_abs_q_difference']:.0e} | "
+            f"{'yes' if r['s_equal'] else 'NO'} | {r['objective_relative_difference']:.0e}"
+            if "reference_seconds" in r
+            else " | | | | "
+        )
+        lines.append(
+            f"| {r['N']} | {r['K']} | {r['solve_seconds']:.2f} | {r['solve_cpu_seconds']:.2f} | "
+            f"{r['iterations']} | "
+            f"{r['gain_over_uniform']:.2f} | {r['corr_q_compute']:.2f} | {r['clients_below_s1']} | {ref} |"
+        )
+    (OUT / "adaptive_solver.md").write_text("\n".join(lines) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[50, 100, 200, 500, 1000])
+    ap.add_argument("--k", type=int, default=None, help="expected participants per round (default N / 10)")
+    ap.add_argument(
+        "--reference-max", type=int, default=0, help="also run the plain-loop solver up to this N"
+    )
     args = ap.parse_args()
-    rows = []
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / "adaptive_solver.json"
+    old = json.loads(path.read_text())["rows"] if path.exists() else []
+    rows = {(r["N"], r["K"]): r for r in old if "solve_cpu_seconds" in r}  # rows of this script's format
+    meta = {
+        "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+        "python": platform.python_version(), "numpy": np.__version__,
+    }  # fmt: skip
     for n in args.sizes:
-        prob = problem(n)
-        start = time.perf_counter()
-        plan = solve(prob)
-        seconds = time.perf_counter() - start
-        uniform = prob.objective(np.full(n, prob.k / n), np.ones(n))
-        row = {
-            "N": n, "K": int(prob.k), "solve_seconds": seconds, "iterations": plan.iterations,
-            "gain_over_uniform": uniform / plan.objective,
-            "corr_q_compute": float(np.corrcoef(plan.q, prob.tau)[0, 1]),
-            "clients_below_s1": int((plan.s < 1).sum()),
-        }  # fmt: skip
-        rows.append(row)
-        print(
-            f"N={n:5d} K={row['K']:4d}: solve {seconds:7.2f} s, {plan.iterations} iterations, "
-            f"gain {row['gain_over_uniform']:.2f}x, corr(q, tau) {row['corr_q_compute']:.2f}, "
-            f"{row['clients_below_s1']} clients with s < 1",
-            flush=True,
-        )
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {"machine": platform.processor() or platform.machine(), "python": platform.python_version()}
-    (out / "adaptive_solver.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    lines = [
-        "# Adaptive controller: one solve against N", "",
-        f"`python benchmarks/adaptive_solver.py` on {meta['machine']} (one core, numpy).", "",
-        "| N | K | solve (s) | outer iterations | objective gain over uniform q, s = 1 | corr(q, compute) | clients with s < 1 |",  # noqa: E501
-        "|---|---|---|---|---|---|---|",
-    ]  # fmt: skip
-    for r in rows:
-        lines.append(
-            f"| {r['N']} | {r['K']} | {r['solve_seconds']:.2f} | {r['iterations']} | "
-            f"{r['gain_over_uniform']:.2f} | {r['corr_q_compute']:.2f} | {r['clients_below_s1']} |"
-        )
-    (out / "adaptive_solver.md").write_text("\n".join(lines) + "\n")
+        k = args.k if args.k is not None else n // 10
+        row = measure(n, k, n <= args.reference_max)
+        print(describe(row), flush=True)
+        rows[(n, k)] = row
+        write(list(rows.values()), meta)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Adaptive federated LoRA with independent sampling: choose q_i and s_i to cut wall-clock time.
 
-[arXiv 2505.23555 gives the goal; the objective and solver are ours, docs/algorithms.md §7.] Client i joins
+Whose is what (docs/algorithms.md §7): independent participation with probability q_i and the goal,
+the least wall-clock time to convergence, are the paper's [paper: adaptive sampling, arXiv 2505.23555];
+the objective, the round-time model, the solver and the way it is made fast are ours. Client i joins
 each round with probability q_i and trains a sketch of ratio s_i. We minimise
 
     F(q, s) = rounds(q, s) * E[T](q, s)
@@ -12,12 +14,36 @@ i's full upload with an average share Bw / K of the band at its mean SNR. For in
 Bernoulli participation the expected maximum is exact: sort T ascending, then
 E[max] = sum_j T_(j) q_(j) prod_{l > j} (1 - q_(l)) (0 when nobody joins).
 
-Solver (low complexity, alternating): (a) q given s: coordinate descent on F + lambda sum q, where
-each coordinate has a closed form because E[T] is affine and rounds is c + d / q in one q_i; an
-outer bisection on lambda meets sum q = K; pairwise exchanges (SMO-like) then close the
-relaxation's duality gap. (b) s given q: each client tries its options in turn.
-Stop when F changes by less than ``tol`` (relative). Two starts (all s at the largest option, all
-at the smallest) and the better result is kept.
+Solver [ours] (low complexity, alternating): (a) q given s: coordinate descent on F + lambda sum q,
+where each coordinate has a closed form because E[T] is affine and rounds is c + d / q in one q_i;
+an outer bisection on lambda meets sum q = K; pairwise exchanges (SMO-like) then close the
+relaxation's duality gap. (b) s given q: each client tries its options in turn. Stop when F
+changes by less than ``tol`` (relative). Two starts (all s at the largest option, all at the
+smallest) and the better result is kept.
+
+How it stays fast at large N [ours]: every step visits the clients in the same order and takes
+the same decisions as the plain loops of the description above (kept in tests/test_adaptive.py
+as ``reference_solve``, whose plans the tests reproduce to the last bit); only the work per visit
+shrinks. N = 10,000 with K = 100 takes about 30 s instead of hours (benchmarks/adaptive_solver.py).
+
+- E[max] is a fold of the monoid (P, W) over the clients sorted by T: client j is
+  (1 - q_j, T_j q_j), left then right combine to (P_L P_R, W_L P_R + W_R), and E[max] is the W
+  of the whole list. The shortcuts below are statements about this fold.
+- (a) Coordinate descent: a sweep's backward sums are two numpy cumulative operations (which
+  multiply and add in the loop's order). A prefix of fast clients, those with prod_{l > i} (1 - q_l)
+  so small that the forward sum cannot change their closed form in floating point, is one numpy
+  expression; a run of at least 64 clients at a bound is assumed to stay there, checked in one go
+  and cut at the first client that leaves. Only the other clients take a Python step.
+- (a) Exchange: S, E[max], rounds and the four corners of a pair's move are kept, or recomputed
+  with the same operations, in the sorted order (O(N) numpy a step, no sorting). The gradient's
+  forward sums come from an estimate with a proven error bound; the O(N) loop runs only when the
+  step's choice is not clear by more than that bound.
+- (b) s step: the N x |options| (client, option) times sit in one array sorted once, an inactive
+  slot being the identity (1, 0), in blocks that keep their suffix folds. A change of s_i is two
+  point updates, the fold of the slots after any time two lookups, and a client's value at every
+  option O(1). A block of clients is evaluated at once on the current state and the scan goes on
+  after the first that changes, so the visiting order and the choices are the loop's (the values
+  differ from the loop's by rounding only, which decided no choice in the tests).
 """
 
 from __future__ import annotations
@@ -35,6 +61,11 @@ def expected_max(times: np.ndarray, q: np.ndarray) -> np.ndarray:
     times, q = np.broadcast_arrays(times, q)
     order = np.argsort(times, axis=-1, kind="stable")
     t, qs = np.take_along_axis(times, order, -1), np.take_along_axis(q, order, -1)
+    return _sorted_expected_max(t, qs)
+
+
+def _sorted_expected_max(t: np.ndarray, qs: np.ndarray) -> np.ndarray:
+    """``expected_max`` for clients already in ascending T, over the last axis."""
     miss = 1.0 - qs
     # suffix[j] = prod_{l > j} (1 - q_l)
     suffix = np.concatenate([np.cumprod(miss[..., :0:-1], axis=-1)[..., ::-1], np.ones_like(qs[..., :1])], -1)
@@ -86,36 +117,184 @@ class AdaptivePlan:
     solve_seconds: float
 
 
-def _q_descent(
-    prob: AdaptiveProblem, times: np.ndarray, s: np.ndarray, q: np.ndarray, lam: float
-) -> np.ndarray:
-    """Coordinate descent on F + lam sum q for fixed s, from ``q``. Clients are visited in
-    ascending T, which keeps every coordinate's affine E[T] = alpha + beta q_i O(1) to update:
-    with S_i = prod_{l>i} (1 - q_l), A_i = sum_{j>i} T_j q_j S_j and H_i the forward sum over
-    faster clients, alpha = A_i + S_i H_i and beta = S_i (T_i - H_i)."""
-    order = np.argsort(times, kind="stable")
-    t = times[order].tolist()
-    qs = q[order].tolist()
-    d = (prob.a1 * prob.share**2 * prob.grad_sq)[order].tolist()
-    r_total = float(prob.rounds(q, s))
-    lo, hi, n = prob.q_min, prob.q_max, len(t)
+# A run of clients at a bound at least this long is tried in one vectorised go; shorter runs
+# cost less one by one.
+_RUN_MIN = 64
+# Below this many clients a sweep is plain Python loops.
+_VECTOR_MIN = 64
+
+
+def _descend(
+    t: list[float], d: list[float], dq: list[float], suffix: list[float], after: list[float],
+    h: float, r_total: float, lam: float, lo: float, hi: float, out: list[float],
+) -> tuple[float, float]:  # fmt: skip
+    """The coordinate steps of ``_q_descent`` for consecutive clients, one by one (appending the
+    new q to ``out``); returns the forward sum h and rounds after them."""
+    sqrt = math.sqrt
+    push = out.append
+    for ti, di, dqi, si, ai in zip(t, d, dq, suffix, after):
+        slope = (r_total - dqi) * (si * (ti - h)) + lam  # F + lam q_i = const + slope q_i + d alpha / q_i
+        if slope <= 0:
+            new = hi
+        else:
+            new = sqrt(di * (ai + si * h) / slope)
+            if not new > lo:
+                new = lo
+            elif not new < hi:
+                new = hi
+        r_total += di / new - dqi
+        push(new)
+        h = h * (1 - new) + ti * new
+    return h, r_total
+
+
+def _fold_h(h: float, miss: np.ndarray, w: np.ndarray) -> float:
+    """h <- h miss_k + w_k over k in order, rounded exactly as the scalar loop rounds it; a zero
+    miss (q = 1) sets h to w_k whatever came before, so the loop starts at the last one."""
+    zero = np.flatnonzero(miss == 0.0)
+    if len(zero):
+        last = int(zero[-1])
+        h, miss, w = float(w[last]), miss[last + 1 :], w[last + 1 :]
+    for m, c in zip(miss.tolist(), w.tolist()):
+        h = h * m + c
+    return h
+
+
+def _q_descent_small(
+    order: np.ndarray, t: list[float], d: list[float], qs: list[float], r_total: float, lam: float, lo: float,
+    hi: float,
+) -> np.ndarray:  # fmt: skip
+    """``_q_descent`` for a few clients, where numpy's overhead would dominate: plain loops."""
+    n = len(t)
     for _ in range(1000):
         suffix = [1.0] * n  # S_i
         after = [0.0] * n  # A_i
         for i in range(n - 2, -1, -1):
             suffix[i] = suffix[i + 1] * (1 - qs[i + 1])
             after[i] = after[i + 1] + t[i + 1] * qs[i + 1] * suffix[i + 1]
-        h, moved = 0.0, 0.0
-        for i in range(n):
-            alpha = after[i] + suffix[i] * h
-            beta = suffix[i] * (t[i] - h)
-            c = r_total - d[i] / qs[i]
-            slope = c * beta + lam  # F + lam q_i = const + slope q_i + d alpha / q_i
-            new = hi if slope <= 0 else min(hi, max(lo, math.sqrt(d[i] * alpha / slope)))
-            r_total += d[i] / new - d[i] / qs[i]
-            moved = max(moved, abs(new - qs[i]))
-            qs[i] = new
-            h = h * (1 - new) + t[i] * new
+        new_q: list[float] = []
+        _, r_total = _descend(
+            t, d, [di / qi for di, qi in zip(d, qs)], suffix, after, 0.0, r_total, lam, lo, hi, new_q
+        )
+        moved = max(abs(a - b) for a, b in zip(new_q, qs))
+        qs = new_q
+        if moved < 1e-9:
+            break
+    out = np.empty(n)
+    out[order] = qs
+    return out
+
+
+def _descend_tail(
+    t: np.ndarray, d: np.ndarray, qs: np.ndarray, suffix: np.ndarray, after: np.ndarray, m: int, h: float,
+    r_total: float, lam: float, lo: float, hi: float, new_q: np.ndarray,
+) -> tuple[float, float]:  # fmt: skip
+    """Clients m.. of a sweep of ``_q_descent`` in order, writing their new q into ``new_q``. A run
+    of at least ``_RUN_MIN`` clients at a bound is assumed to stay there (r then does not move,
+    and H folds linearly), checked in one go and cut at the first client that leaves."""
+    n = len(t)
+    at_bound = (qs[m:] == lo) | (qs[m:] == hi)
+    edges = (
+        np.flatnonzero(np.diff(np.concatenate(([False], at_bound, [False])).astype(np.int8))) + m
+    ).tolist()
+    runs = [(a, b) for a, b in zip(edges[::2], edges[1::2]) if b - a >= _RUN_MIN]
+    out: list[float] = []
+
+    def plain(a: int, b: int, h: float, r: float) -> tuple[float, float]:
+        dq = d[a:b] / qs[a:b]
+        t_l, d_l, dq_l, s_l, a_l = (c.tolist() for c in (t[a:b], d[a:b], dq, suffix[a:b], after[a:b]))
+        return _descend(t_l, d_l, dq_l, s_l, a_l, h, r, lam, lo, hi, out)
+
+    k = m
+    for a, b in runs:
+        if a > k:
+            h, r_total = plain(k, a, h, r_total)
+        bound = float(qs[a])
+        stay = 1 - bound
+        hs = [h] * (b - a + 1)  # H along the run if every client stays at the bound
+        for j, w in enumerate((t[a:b] * bound).tolist()):
+            hs[j + 1] = h = h * stay + w
+        hr = np.array(hs[:-1])
+        sfx = suffix[a:b]
+        slope = (r_total - d[a:b] / qs[a:b]) * (sfx * (t[a:b] - hr)) + lam
+        with np.errstate(invalid="ignore", divide="ignore"):
+            x = np.sqrt(d[a:b] * (after[a:b] + sfx * hr) / slope)
+        x = np.where(x > lo, x, lo)
+        x = np.where(x < hi, x, hi)
+        x = np.where(slope <= 0, hi, x)
+        left = np.flatnonzero((x != bound) | (qs[a:b] != bound))  # a run may mix q_min and q_max
+        kept = int(left[0]) if len(left) else b - a
+        out.extend([bound] * kept)
+        h, k = hs[kept], a + kept
+        if k < b:  # from the first client that leaves, one by one
+            h, r_total = plain(k, b, h, r_total)
+            k = b
+    if k < n:
+        h, r_total = plain(k, n, h, r_total)
+    new_q[m:] = out
+    return h, r_total
+
+
+def _q_descent(
+    prob: AdaptiveProblem, times: np.ndarray, s: np.ndarray, q: np.ndarray, lam: float
+) -> np.ndarray:
+    """Coordinate descent on F + lam sum q for fixed s, from ``q``. Clients are visited in
+    ascending T, which keeps every coordinate's affine E[T] = alpha + beta q_i O(1) to update:
+    with S_i = prod_{l>i} (1 - q_l), A_i = sum_{j>i} T_j q_j S_j and H_i the forward sum over
+    faster clients, alpha = A_i + S_i H_i and beta = S_i (T_i - H_i).
+
+    The sweep is Gauss-Seidel in that order. Two kinds of client skip the Python step (the
+    result is the same to the last bit): (1) a prefix of fast clients whose S_i is so small that
+    S_i H_i cannot change A_i in floating point and (r - d_i / q_i) beta cannot change lam, whatever
+    H_i and r are (H_i <= max T; r moves by at most sum d / q_min): their closed form is
+    sqrt(d_i A_i / lam), one numpy expression; (2) a run of clients at a bound: if they all stay
+    there, r does not change and H follows a linear fold, so the whole run is checked at once
+    and cut at the first client that leaves."""
+    order = np.argsort(times, kind="stable")
+    t = times[order]
+    qs = q[order]
+    d = (prob.a1 * prob.share**2 * prob.grad_sq)[order]
+    r_total = float(prob.rounds(q, s))
+    lo, hi, n = prob.q_min, prob.q_max, len(t)
+    # bounds over a whole sweep: H <= max T (a convex combination; 1% for rounding), |T - H| too,
+    # and |r - d_i / q_i| <= |r| + 3 sum d / q_min
+    h_bound = 1.01 * float(t.max())
+    c_bound = 1.01 * (abs(r_total) + 3.0 * float(np.abs(d).sum()) / lo)
+    lam_room = abs(lam) * 2.0**-55  # below a quarter ulp of lam
+    if n < _VECTOR_MIN:
+        return _q_descent_small(order, t.tolist(), d.tolist(), qs.tolist(), r_total, lam, lo, hi)
+    for _ in range(1000):
+        miss = 1.0 - qs
+        suffix = np.empty(n)  # S_i
+        suffix[-1] = 1.0
+        suffix[:-1] = np.cumprod(miss[:0:-1])[::-1]
+        after = np.empty(n)  # A_i
+        after[-1] = 0.0
+        after[:-1] = np.cumsum(t[:0:-1] * qs[:0:-1] * suffix[:0:-1])[::-1]
+        new_q = np.empty(n)
+        # (1) the fast prefix: S_i H_i below half an ulp of A_i, (r - dq) beta below a quarter of lam's
+        s_h = suffix * h_bound
+        free = (s_h <= after * 2.0**-54) & (c_bound * s_h <= lam_room)
+        m = n if free.all() else int(np.argmin(free))
+        h = 0.0
+        if m:
+            old = qs[:m]
+            if lam <= 0:
+                head = np.full(m, hi)
+            else:
+                head = np.sqrt(d[:m] * after[:m] / lam)
+                head = np.where(head > lo, head, lo)
+                head = np.where(head < hi, head, hi)
+            new_q[:m] = head
+            # r and h in the loop's order (numpy's cumsum adds left to right, as the loop does); a
+            # client that keeps its q adds exactly 0 to r
+            if not np.array_equal(head, old):
+                r_total = float(np.cumsum(np.concatenate(([r_total], d[:m] / head - d[:m] / old)))[-1])
+            h = _fold_h(h, 1 - head, t[:m] * head)
+        # (2) the rest in order, with long runs at a bound tried whole
+        h, r_total = _descend_tail(t, d, qs, suffix, after, m, h, r_total, lam, lo, hi, new_q)
+        moved = float(np.max(np.abs(new_q - qs)))
+        qs = new_q
         if moved < 1e-9:  # the exchange step polishes what is left
             break
     out = np.empty(n)
@@ -168,47 +347,220 @@ def _project(prob: AdaptiveProblem, q: np.ndarray) -> np.ndarray:
     return out
 
 
-def _gradient(prob: AdaptiveProblem, times: np.ndarray, s: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """dF/dq_i = E dR/dq_i + R dE/dq_i, with dE/dq_i = S_i (T_i - H_i) in ascending-T order (the
-    same affine pieces as in ``_q_descent``), for all clients in O(N)."""
-    order = np.argsort(times, kind="stable")
-    t, qs = times[order], q[order]
-    miss = 1.0 - qs
-    suffix = np.append(np.cumprod(miss[:0:-1])[::-1], 1.0)  # S_i = prod_{l > i} (1 - q_l)
-    h = np.zeros_like(t)  # H_i = sum_{j < i} T_j q_j prod_{j < l < i} (1 - q_l)
-    for i in range(1, len(t)):
-        h[i] = h[i - 1] * miss[i - 1] + t[i - 1] * qs[i - 1]
-    d_e = np.empty_like(t)
-    d_e[order] = suffix * (t - h)
-    d_r = -prob.a1 * prob.share**2 * prob.grad_sq / q**2
-    return float(expected_max(times, q)) * d_r + float(prob.rounds(q, s)) * d_e
+_EPS = 2.0**-53  # unit roundoff of float64
+_GRID = np.linspace(0.0, 1.0, 65)  # the pair move's grid, zoomed in four times
+
+
+class _Exchange:
+    """State of the pair exchange for fixed s, the clients kept in ascending T.
+
+    A step's decisions (the most violating pair and the stop test) need the gradient, whose
+    dE/dq part needs the forward sums H_i = sum_{j < i} T_j q_j prod_{j < l < i} (1 - q_l): an O(N)
+    loop that cannot be vectorised without rounding differently. So the gradient is first taken
+    with an estimate of H (the loop's H at the last full pass plus, for each step since, the
+    change of the two moved clients carried forward one (1 - q) at a time) and a bound on the
+    gap between that estimate and the loop's H: the loop's rounding, at most
+    2.02 u max T min(N, 1 / q_min) (each step adds two roundings of at most u H, forgotten at the
+    rate q_l), counted on both sides, plus the estimate's own rounding since. When the best
+    client, the worst client and the stop test are each clear by more than that bound, they are
+    the loop's; otherwise the loop runs (from the faster moved client on) and the exact
+    gradient decides. Everything else (S, E, rounds, the four corners) is computed with the
+    same operations in the same order as before, so the numbers are the same to the bit."""
+
+    def __init__(self, prob: AdaptiveProblem, s: np.ndarray, q: np.ndarray) -> None:
+        self.prob = prob
+        n = prob.n
+        times = prob.times(s)
+        self.order = np.argsort(times, kind="stable")
+        self.rank = np.empty(n, dtype=np.int64)
+        self.rank[self.order] = np.arange(n)
+        self.t = times[self.order]
+        self.d = prob.a1 * prob.share**2 * prob.grad_sq
+        self.d_num = -prob.a1 * prob.share**2 * prob.grad_sq  # dR/dq_i = d_num / q_i^2
+        pg = prob.share * prob.grad_sq
+        self.share_pg = prob.share * pg
+        self.rounds_s = prob.a2 * np.sum(pg * (1 / s - 1), axis=-1)  # the s part of rounds, fixed here
+        self.q = q.copy()
+        self.r_terms = self.share_pg * (1 - self.q) / self.q
+        self.qs = self.q[self.order]
+        self.miss = 1.0 - self.qs
+        self.w = self.t * self.qs
+        self.suffix = np.append(np.cumprod(self.miss[:0:-1])[::-1], 1.0)  # S_i = prod_{l > i} (1 - q_l)
+        self.v = self.w * self.suffix  # the terms of E[max]
+        self.d_r = self.d_num / self.q**2
+        self.d_r_sorted = self.d_r[self.order]
+        self.up = self.qs < prob.q_max - 1e-12
+        self.down = self.qs > prob.q_min + 1e-12
+        self.h = np.zeros(n)  # the loop's H, valid up to self.valid
+        self.valid = 0
+        self.h_est = np.zeros(n)  # the estimate of H and a bound on its gap to the loop's
+        self.h_est_err = math.inf
+        self.h_max = 1.01 * float(self.t.max())
+        self.h_loop_err = 2.02 * _EPS * self.h_max * min(n, 1.0 / prob.q_min)
+        self.d_r_bound = 1.01 * float(np.max(np.abs(self.d_num))) / prob.q_min**2
+        self.exact_runs = 0
+
+    def expected_max(self) -> float:
+        return float(np.sum(self.v))
+
+    def rounds(self) -> float:
+        """prob.rounds(q, s), term by term as it computes it."""
+        return float(self.prob.a0 + self.prob.a1 * np.sum(self.r_terms, axis=-1) + self.rounds_s)
+
+    def _loop_h(self) -> np.ndarray:
+        h, start = self.h, self.valid
+        n = len(h)
+        if start < n - 1:
+            run = float(h[start])
+            tail: list[float] = []
+            push = tail.append
+            for m, c in zip(self.miss[start:-1].tolist(), self.w[start:-1].tolist()):
+                run = run * m + c
+                push(run)
+            h[start + 1 :] = tail
+        self.valid = n - 1
+        return h
+
+    def _exact_pair(self, e_max: float, r: float) -> tuple[int, int, float, float] | None:
+        """The step's choice from the exact gradient: the pair and their gradients, or None."""
+        self.exact_runs += 1
+        h = self._loop_h()
+        self.h_est[:] = h
+        self.h_est_err = 2 * self.h_loop_err
+        d_e = np.empty_like(self.t)
+        d_e[self.order] = self.suffix * (self.t - h)
+        g = e_max * self.d_r + r * d_e
+        q, p = self.q, self.prob
+        up = np.flatnonzero(q < p.q_max - 1e-12)
+        down = np.flatnonzero(q > p.q_min + 1e-12)
+        if not len(up) or not len(down):
+            return None
+        i = int(up[np.argmin(g[up])])
+        j = int(down[np.argmax(g[down])])
+        return i, j, float(g[i]), float(g[j])
+
+    def _clear(self, g: np.ndarray, mask: np.ndarray, err: float, lowest: bool) -> int | None:
+        """The position of the min (max) of g over ``mask`` if it stays the min (max) under any
+        change of every entry by up to ``err``; else None."""
+        pick = np.where(mask, g, np.inf if lowest else -np.inf)
+        k = int(np.argmin(pick) if lowest else np.argmax(pick))
+        best = float(pick[k])
+        pick[k] = np.inf if lowest else -np.inf
+        runner = float(np.min(pick) if lowest else np.max(pick))
+        return k if abs(runner - best) > 2 * err else None
+
+    def pair(self, value: float, e_max: float, r: float) -> tuple[int, int] | None:
+        """The pair the exact gradient picks (i to raise, j to lower), or None where it stops."""
+        limit = 1e-9 * max(abs(value), 1e-12)
+        if math.isfinite(self.h_est_err):
+            if not self.up.any() or not self.down.any():
+                return None
+            a = e_max * self.d_r_sorted  # E dR/dq, in ascending T
+            g = a + r * (self.suffix * (self.t - self.h_est))  # + R dE/dq
+            # every entry's gap to the exact gradient: S <= 1, |T - H| <= max T, |E dR/dq| <= E d / q_min^2
+            err = (
+                1.01 * abs(r) * (self.h_est_err + 16 * _EPS * self.h_max) + 8 * _EPS * e_max * self.d_r_bound
+            )
+            i = self._clear(g, self.up, err, True)
+            j = self._clear(g, self.down, err, False) if i is not None else None
+            if i is not None and j is not None:
+                gap = float(g[j] - g[i])
+                if abs(gap - limit) > 2 * err + 4 * _EPS * (abs(float(g[i])) + abs(float(g[j])) + limit):
+                    if i == j or gap <= limit:
+                        return None
+                    return int(self.order[i]), int(self.order[j])
+        found = self._exact_pair(e_max, r)
+        if found is None:
+            return None
+        i, j, g_i, g_j = found
+        if i == j or g_j - g_i <= limit:
+            return None
+        return i, j
+
+    def corners(self, i: int, j: int) -> np.ndarray:
+        """expected_max at (q_i, q_j) = (0, 0), (1, 0), (0, 1), (1, 1), each summed as
+        expected_max sums it; only the slots up to the slower of the two differ from E's."""
+        ri, rj = int(self.rank[i]), int(self.rank[j])
+        a, b = min(ri, rj), max(ri, rj)
+        t, w, miss, suffix = self.t, self.w, self.miss, self.suffix
+        rows = np.repeat(self.v[None, :], 4, axis=0)
+        # the suffix products below b when q_b = 0 (then 1 - q_b = 1), down to a; below a when q_a = 0 too
+        upper = np.cumprod(np.concatenate(([suffix[b], 1.0], miss[a + 1 : b][::-1])))  # positions b .. a
+        lower = np.cumprod(np.concatenate(([upper[-1], 1.0], miss[1:a][::-1])))[: a + 1]  # positions a .. 0
+        middle = w[a + 1 : b] * upper[-2:0:-1]
+        bottom = w[:a] * lower[:0:-1]
+        for row, (x, y) in enumerate(((0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0))):
+            qa, qb = (x, y) if ri < rj else (y, x)
+            out = rows[row]
+            out[b] = t[b] * qb * suffix[b]
+            if qb == 1.0:
+                out[:b] = 0.0
+                continue
+            out[a + 1 : b] = middle
+            out[a] = t[a] * qa * upper[-1]
+            out[:a] = 0.0 if qa == 1.0 else bottom
+        return np.sum(rows, axis=-1)
+
+    def move(self, i: int, j: int, delta: float) -> None:
+        """q_i += delta and q_j -= delta; S, E's terms and the estimate of H follow."""
+        ri, rj = int(self.rank[i]), int(self.rank[j])
+        a, b = min(ri, rj), max(ri, rj)
+        m_a, c_a, m_b, c_b = float(self.miss[a]), float(self.w[a]), float(self.miss[b]), float(self.w[b])
+        self.q[i] += delta
+        self.q[j] -= delta
+        q_max, q_min = self.prob.q_max, self.prob.q_min
+        for c, r in ((i, ri), (j, rj)):
+            qc = self.q[c]
+            self.qs[r] = qc
+            self.miss[r] = 1.0 - qc
+            self.w[r] = self.t[r] * qc
+            self.r_terms[c] = self.share_pg[c] * (1 - qc) / qc
+            self.d_r[c] = self.d_r_sorted[r] = self.d_num[c] / (qc * qc)  # as q**2 rounds
+            self.up[r] = qc < q_max - 1e-12
+            self.down[r] = qc > q_min + 1e-12
+        miss, suffix = self.miss, self.suffix
+        # S below b, multiplied on from S_b in the same order as the full cumprod
+        suffix[: b + 1] = np.cumprod(np.concatenate(([suffix[b]], miss[1 : b + 1][::-1])))[::-1]
+        self.v[: b + 1] = self.w[: b + 1] * suffix[: b + 1]
+        self.valid = min(self.valid, a)
+        if not math.isfinite(self.h_est_err):
+            return
+        h = self.h_est
+        d_a = h[a] * (miss[a] - m_a) + (self.w[a] - c_a)  # change of H at a + 1
+        carry = np.cumprod(np.concatenate(([d_a], miss[a + 1 : b])))  # positions a + 1 .. b
+        d_b = carry[-1] * miss[b] + h[b] * (miss[b] - m_b) + (self.w[b] - c_b)
+        h[a + 1 : b + 1] += carry
+        if b + 1 < len(h):
+            h[b + 1 :] += np.cumprod(np.concatenate(([d_b], miss[b + 1 : -1])))
+        moved = abs(miss[a] - m_a) + abs(miss[b] - m_b)
+        size = abs(d_a) + abs(d_b) + self.h_max * moved + abs(self.w[a] - c_a) + abs(self.w[b] - c_b)
+        self.h_est_err = self.h_est_err * (1 + moved) + 4 * _EPS * (len(h) * size + self.h_max)
 
 
 def _pair_move(
-    prob: AdaptiveProblem, times: np.ndarray, s: np.ndarray, q: np.ndarray, i: int, j: int
+    prob: AdaptiveProblem, q: np.ndarray, d: np.ndarray, i: int, j: int, corners: np.ndarray, r: float
 ) -> tuple[float, float]:
     """The best shift delta of probability from client j to client i (sum q stays K), and F
-    there. E[T] is bilinear in (q_i, q_j), so four evaluations give it exactly, and rounds is
-    c + d_i / q_i + d_j / q_j: a fine grid, zoomed three times, costs little."""
-    d = prob.a1 * prob.share**2 * prob.grad_sq
-    corners = np.repeat(q[None, :], 4, axis=0)
-    corners[:, i] = [0, 1, 0, 1]
-    corners[:, j] = [0, 0, 1, 1]
-    e00, e10, e01, e11 = expected_max(times, corners)
-    lo = max(prob.q_min - q[i], q[j] - prob.q_max)
-    hi = min(prob.q_max - q[i], q[j] - prob.q_min)
-    base_r = float(prob.rounds(q, s)) - d[i] / q[i] - d[j] / q[j]
-    grid = np.linspace(0.0, 1.0, 65)
+    there. E[T] is bilinear in (q_i, q_j), so four evaluations (``corners``: E at (q_i, q_j) =
+    (0, 0), (1, 0), (0, 1), (1, 1)) give it exactly, and rounds (``r`` at q) is
+    c + d_i / q_i + d_j / q_j (``d`` = a1 p^2 G^2): a fine grid, zoomed three times, costs little."""
+    d_i, d_j = d[i], d[j]
+    e00, e10, e01, e11 = corners
+    q_i, q_j = q[i], q[j]
+    lo = max(prob.q_min - q_i, q_j - prob.q_max)
+    hi = min(prob.q_max - q_i, q_j - prob.q_min)
+    base_r = r - d_i / q_i - d_j / q_j
     a, b = lo, hi
     best, value = 0.0, np.inf
     for _zoom in range(4):
-        delta = a + (b - a) * grid
-        x, y = q[i] + delta, q[j] - delta
-        e = e00 * (1 - x) * (1 - y) + e10 * x * (1 - y) + e01 * (1 - x) * y + e11 * x * y
-        f = (base_r + d[i] / x + d[j] / y) * e
+        delta = a + (b - a) * _GRID
+        x, y = q_i + delta, q_j - delta
+        not_x, not_y = 1 - x, 1 - y
+        e = e00 * not_x * not_y + e10 * x * not_y + e01 * not_x * y + e11 * x * y
+        f = (base_r + d_i / x + d_j / y) * e
         k = int(np.argmin(f))
         best, value = float(delta[k]), float(f[k])
-        step = (b - a) / (len(grid) - 1)
+        step = (b - a) / (len(_GRID) - 1)
         a, b = max(lo, best - step), min(hi, best + step)
     return best, value
 
@@ -218,45 +570,174 @@ def _exchange(prob: AdaptiveProblem, s: np.ndarray, q: np.ndarray) -> np.ndarray
     because the multiplier's relaxation has a duality gap: sum q(lambda) can jump past K (seen
     on N = 3). Each step takes the most violating pair (the client whose F falls fastest as q
     rises, and the one whose F falls fastest as q drops, as in SMO) and moves it to the best
-    point on its line: O(N) a step, so large N stays cheap."""
-    times = prob.times(s)
-    q = q.copy()
+    point on its line: O(N) numpy work a step (``_Exchange``), so large N stays cheap."""
+    state = _Exchange(prob, s, q)
     value = prob.objective(q, s)
     for _ in range(50 * prob.n):
-        g = _gradient(prob, times, s, q)
-        up = np.flatnonzero(q < prob.q_max - 1e-12)
-        down = np.flatnonzero(q > prob.q_min + 1e-12)
-        if not len(up) or not len(down):
+        e_max, r = state.expected_max(), state.rounds()
+        found = state.pair(value, e_max, r)
+        if found is None:
             break
-        i = int(up[np.argmin(g[up])])
-        j = int(down[np.argmax(g[down])])
-        if i == j or g[j] - g[i] <= 1e-9 * max(abs(value), 1e-12):
-            break
-        delta, new = _pair_move(prob, times, s, q, i, j)
+        i, j = found
+        delta, new = _pair_move(prob, state.q, state.d, i, j, state.corners(i, j), r)
         if not new < value * (1 - 1e-12):
             break
-        q[i] += delta
-        q[j] -= delta
+        state.move(i, j, delta)
         value = new
-    return q
+    return state.q
+
+
+class _SlotFolds:
+    """The monoid (P, W) over all (client, option) slots sorted by time, an inactive slot being
+    the identity (1, 0), cut into blocks of ``block`` slots. Each block keeps, for every slot,
+    the fold of the slots after it inside the block; the blocks keep the fold of the blocks
+    after them. The fold of everything after a position is then two lookups, and setting one
+    slot redoes one block and the block suffixes: O(sqrt(slots)) numpy work."""
+
+    def __init__(self, p: np.ndarray, w: np.ndarray) -> None:
+        self.block = max(8, int(math.sqrt(len(p))))
+        rows = -(-len(p) // self.block)
+        p_pad, w_pad = np.ones(rows * self.block), np.zeros(rows * self.block)
+        p_pad[: len(p)], w_pad[: len(w)] = p, w
+        self.p, self.w = p_pad.reshape(rows, -1), w_pad.reshape(rows, -1)
+        self.in_p = np.empty_like(self.p)  # fold of the slots after each slot, inside its block
+        self.in_w = np.empty_like(self.w)
+        self.in_p[:, -1], self.in_w[:, -1] = 1.0, 0.0
+        self.in_p[:, :-1] = np.cumprod(self.p[:, :0:-1], axis=1)[:, ::-1]
+        self.in_w[:, :-1] = np.cumsum((self.w[:, 1:] * self.in_p[:, 1:])[:, ::-1], axis=1)[:, ::-1]
+        self.block_p = self.p[:, 0] * self.in_p[:, 0]
+        self.block_w = self.w[:, 0] * self.in_p[:, 0] + self.in_w[:, 0]
+        self._blocks_after()
+
+    def _blocks_after(self) -> None:
+        bp = self.block_p
+        self.after_p = np.append(np.cumprod(bp[:0:-1])[::-1], 1.0)
+        self.after_w = np.append(np.cumsum((self.block_w[1:] * self.after_p[1:])[::-1])[::-1], 0.0)
+        self.total_w = float(self.block_w[0] * self.after_p[0] + self.after_w[0])
+
+    def set(self, positions: tuple[int, ...], p: tuple[float, ...], w: tuple[float, ...]) -> None:
+        rows = set()
+        for pos, pv, wv in zip(positions, p, w):
+            r, c = divmod(pos, self.block)
+            self.p[r, c], self.w[r, c] = pv, wv
+            rows.add(r)
+        for r in rows:
+            row_p, row_w, in_p, in_w = self.p[r], self.w[r], self.in_p[r], self.in_w[r]
+            in_p[:-1] = np.cumprod(row_p[:0:-1])[::-1]
+            in_w[:-1] = np.cumsum((row_w[1:] * in_p[1:])[::-1])[::-1]
+            self.block_p[r] = row_p[0] * in_p[0]
+            self.block_w[r] = row_w[0] * in_p[0] + in_w[0]
+        self._blocks_after()
+
+    def after(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(P, W) of the fold of the slots after each position."""
+        r = positions // self.block
+        in_p, in_w = self.in_p.ravel()[positions], self.in_w.ravel()[positions]
+        bp = self.after_p[r]
+        return in_p * bp, in_w * bp + self.after_w[r]
 
 
 def _solve_s(prob: AdaptiveProblem, q: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """s given q: each client in turn takes its best option, until none changes."""
-    s = s.copy()
+    """s given q: each client in turn takes its best option, until none changes.
+
+    Client i at time x, the others fixed: E[max] = q_i (x P + W) + (1 - q_i) W_all, where (P, W)
+    folds the others' slots after x and W_all all of them (ties do not matter: every slot after
+    x has a time >= x). The slots after x include client i's own active slot c when x is before
+    it; the fold without it is (P / (1 - q_i), (W - W_c P_c' - W_c') / (1 - q_i) + W_c') with
+    (P_c', W_c') the fold after c, exact up to rounding while 1 - q_i >= 1/2. Clients with a
+    larger q_i are taken out of the folds first instead. rounds changes by
+    a2 p_i G_i^2 (1 / x - 1 / s_i). A block of clients is evaluated at once on the current state;
+    every client before the first that changes (or that needs taking out) kept its option, so
+    the order of the visits, and each decision, is that of the plain one-by-one loop."""
+    n = prob.n
     options = np.asarray(prob.options, dtype=np.float64)
+    n_opt = len(options)
+    slot_t = prob.tau[:, None] * (prob.omega + (1 - prob.omega) * options) + options * prob.upload[:, None]
+    flat_rank = np.empty(n * n_opt, dtype=np.int64)
+    flat_rank[np.argsort(slot_t.ravel(), kind="stable")] = np.arange(n * n_opt)
+    rank = flat_rank.reshape(n, n_opt)  # position of each (client, option) slot in time order
+    # the first option equal to each s_i is the active slot
+    cur = np.argmax(s[:, None] == options[None, :], axis=1)
+    if not np.all(options[cur] == s):
+        raise ValueError("_solve_s: every s_i must be one of the options")
+    miss = 1.0 - q
+    active_w = slot_t[np.arange(n), cur] * q
+    leaf_p, leaf_w = np.ones(n * n_opt), np.zeros(n * n_opt)
+    leaf_p[rank[np.arange(n), cur]] = miss
+    leaf_w[rank[np.arange(n), cur]] = active_w
+    folds = _SlotFolds(leaf_p, leaf_w)
+    pg = prob.share * prob.grad_sq
+    term = pg[:, None] * (1 / options - 1)  # client i's share of sum p G^2 (1 / s - 1)
+    base = prob.a0 + prob.a1 * float(np.sum(prob.share * pg * (1 - q) / q))
+    needs_out = miss < 0.5
+    cur_s = cur.copy()
+
+    def values(idx: np.ndarray, left_out: bool, sum_s: float) -> np.ndarray:
+        """F for each client of ``idx`` at each option (rows), on the current state."""
+        pos = rank[idx]
+        c = cur_s[idx]
+        c_pos = rank[idx, c]
+        qi, mi = q[idx], miss[idx]
+        p_after, w_after = folds.after(pos.ravel())
+        p_after, w_after = p_after.reshape(pos.shape), w_after.reshape(pos.shape)
+        if left_out:  # the client's own slot is the identity already
+            rest = mi * folds.total_w
+        else:
+            pc, wc = folds.after(c_pos)
+            w_own = active_w[idx]
+            rest = folds.total_w - w_own * pc - wc + mi * wc  # (1 - q_i) W_all of the others
+            before = pos < c_pos[:, None]
+            p_after = np.where(before, p_after / mi[:, None], p_after)
+            own_w, own_p, rest_w = (w_own * pc)[:, None], mi[:, None], wc[:, None]
+            w_after = np.where(before, (w_after - own_w - rest_w) / own_p + rest_w, w_after)
+        e = qi[:, None] * (slot_t[idx] * p_after + w_after) + rest[:, None]
+        r = base + prob.a2 * (sum_s - term[idx, c][:, None] + term[idx])
+        return r * e
+
+    def move(i: int, new: int, left_out: bool) -> None:
+        old_pos, new_pos = int(rank[i, cur_s[i]]), int(rank[i, new])
+        active_w[i] = slot_t[i, new] * q[i]
+        if left_out:
+            folds.set((new_pos,), (miss[i],), (active_w[i],))
+        else:
+            folds.set((old_pos, new_pos), (1.0, miss[i]), (0.0, active_w[i]))
+        cur_s[i] = new
+
     for _ in range(50):
         changed = False
-        for i in range(prob.n):
-            trial = np.repeat(s[None, :], len(options), axis=0)
-            trial[:, i] = options
-            values = prob.rounds(q, trial) * expected_max(prob.times(trial), q)  # all options at once
-            best = options[int(np.argmin(values))]
-            if best != s[i]:
-                s[i], changed = best, True
+        sum_s = float(np.sum(term[np.arange(n), cur_s]))
+        i, width = 0, 8
+        while i < n:
+            idx = np.arange(i, min(n, i + width))
+            out = np.flatnonzero(needs_out[idx])
+            stop = int(out[0]) if len(out) else len(idx)  # evaluated as they stand up to here
+            if stop:
+                best = np.argmin(values(idx[:stop], False, sum_s), axis=1)
+                moving = np.flatnonzero(options[best] != options[cur_s[idx[:stop]]])
+                if len(moving):
+                    f = int(moving[0])
+                    j = i + f
+                    sum_s += float(term[j, best[f]] - term[j, cur_s[j]])
+                    move(j, int(best[f]), False)
+                    changed, i, width = True, j + 1, 8
+                    continue
+            i += stop
+            if stop == len(idx):
+                width = min(2 * width, 4096)
+                continue
+            # client i has q_i > 1/2: take its slot out, then choose
+            folds.set((int(rank[i, cur_s[i]]),), (1.0,), (0.0,))
+            best_i = int(np.argmin(values(np.array([i]), True, sum_s)[0]))
+            if options[best_i] != options[cur_s[i]]:
+                sum_s += float(term[i, best_i] - term[i, cur_s[i]])
+                changed = True
+            else:
+                best_i = int(cur_s[i])
+            move(i, best_i, True)
+            i, width = i + 1, 8
         if not changed:
             break
-    return s
+    return options[cur_s]
 
 
 def solve(prob: AdaptiveProblem, tol: float = 1e-6, max_iterations: int = 100) -> AdaptivePlan:
