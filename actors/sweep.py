@@ -134,7 +134,6 @@ def _drive(
         )
 
     write(f"sweep {spec.name}: {len(spec.runs)} runs under {root}, at most {limit} at once")
-    line()
     while waiting or running:
         while waiting and len(running) < limit:
             run = waiting.pop(0)
@@ -145,6 +144,7 @@ def _drive(
                 options = {"num_cpus": 0, "scheduling_strategy": here}
             ref = _execute.options(**options).remote(cfg, join(root, run.run_id), status)
             running[ref] = (run.run_id, time.perf_counter())
+        line()  # after the free places are filled: what runs now
         ready, _ = ray.wait(list(running), num_returns=1)
         for ref in ready:
             rid, began = running.pop(ref)
@@ -155,7 +155,7 @@ def _drive(
                 )
             except Exception as err:  # one failed run does not stop the others
                 outcomes[rid] = RunOutcome(rid, "failed", time.perf_counter() - began, error=_error_text(err))
-        line()
+    line()
     return [outcomes[r.run_id] for r in spec.runs]
 
 

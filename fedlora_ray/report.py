@@ -239,7 +239,7 @@ def compare_table(
     for key, runs in groups.items():
         times = [time_to_accuracy(r, target) for r in runs]
         reached = [t for t in times if np.isfinite(t)]
-        to_target = cell(reached, ".1f") if reached else "not reached"
+        to_target = cell(reached, ".3g") if reached else "not reached"
         if reached and len(reached) < len(times):
             to_target += f" ({len(reached)}/{len(times)} reached)"
         lines.append(
