@@ -424,7 +424,7 @@ class RuntimeConfig:
 class LogConfig:
     flush_every: int = fld(
         1,
-        "Rewrite the Parquet files every this many rounds (1: a killed run keeps every finished round).",
+        "Write the open Parquet part every this many rounds (1: a killed run keeps every finished round).",
         ge=1,
     )
     save_adapter: bool = fld(True, "Save the final global adapter in peft's format.")
