@@ -9,12 +9,14 @@ to ``--reference-max`` also the plain-loop solver the fast one replaced (``refer
 tests/test_adaptive.py), its time, and whether the plans agree (largest |q - q_ref|, s equal,
 objective's relative gap). The solve runs once per training run.
 
-Rows are merged into benchmarks/results/adaptive_solver.json by (N, K) and the table
-benchmarks/results/adaptive_solver.md is written from all of them, so several runs add up:
+Rows are merged into benchmarks/results/adaptive_solver.json by (N, K), and the table
+benchmarks/results/adaptive_solver.md and the plot adaptive_solver.png are drawn from all of them,
+so several runs add up (``--report`` only redraws them):
 
     python benchmarks/adaptive_solver.py --sizes 50 100 200 500 1000 2000 5000 10000 --reference-max 1000
     python benchmarks/adaptive_solver.py --k 100 --sizes 500 1000 2000 5000 10000 --reference-max 2000
     python benchmarks/adaptive_solver.py --k 100 --sizes 100000
+    python benchmarks/adaptive_solver.py --report
 """
 
 from __future__ import annotations
@@ -126,6 +128,36 @@ def write(rows: list[dict], meta: dict) -> None:
             f"{r['gain_over_uniform']:.2f} | {r['corr_q_compute']:.2f} | {r['clients_below_s1']} | {ref} |"
         )
     (OUT / "adaptive_solver.md").write_text("\n".join(lines) + "\n")
+    plot(rows)
+
+
+def plot(rows: list[dict]) -> None:
+    """CPU seconds of one solve against N, fast and plain loops, for K = N / 10 and fixed K."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    series = {"K = N / 10": [r for r in rows if r["K"] == r["N"] // 10]}
+    for k in sorted({r["K"] for r in rows if r["K"] != r["N"] // 10}):
+        series[f"K = {k}"] = [r for r in rows if r["K"] == k]
+    for (label, group), color in zip(series.items(), ("C0", "C1", "C2", "C3")):
+        group = sorted(group, key=lambda r: r["N"])
+        ax.plot([r["N"] for r in group], [r["solve_cpu_seconds"] for r in group], "o-", color=color,
+                label=f"fast solver, {label}")  # fmt: skip
+        ref = [r for r in group if "reference_cpu_seconds" in r]
+        if ref:
+            ax.plot([r["N"] for r in ref], [r["reference_cpu_seconds"] for r in ref], "s--", color=color,
+                    label=f"plain loops, {label}")  # fmt: skip
+    ax.axhline(60, color="grey", lw=0.8, ls=":")
+    ax.set(xscale="log", yscale="log", xlabel="clients N", ylabel="CPU seconds of one solve")
+    ax.set_title("Adaptive controller: one solve (docs/algorithms.md §7)")
+    ax.grid(True, which="both", lw=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(OUT / "adaptive_solver.png", dpi=120)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -135,6 +167,7 @@ def main() -> None:
     ap.add_argument(
         "--reference-max", type=int, default=0, help="also run the plain-loop solver up to this N"
     )
+    ap.add_argument("--report", action="store_true", help="only redraw the table and plot from the JSON")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / "adaptive_solver.json"
@@ -144,6 +177,9 @@ def main() -> None:
         "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
         "python": platform.python_version(), "numpy": np.__version__,
     }  # fmt: skip
+    if args.report:
+        write(list(rows.values()), json.loads(path.read_text())["meta"])
+        return
     for n in args.sizes:
         k = args.k if args.k is not None else n // 10
         row = measure(n, k, n <= args.reference_max)

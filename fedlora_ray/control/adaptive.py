@@ -23,8 +23,9 @@ smallest) and the better result is kept.
 
 How it stays fast at large N [ours]: every step visits the clients in the same order and takes
 the same decisions as the plain loops of the description above (kept in tests/test_adaptive.py
-as ``reference_solve``, whose plans the tests reproduce to the last bit); only the work per visit
-shrinks. N = 10,000 with K = 100 takes about 30 s instead of hours (benchmarks/adaptive_solver.py).
+as ``reference_solve``; the plans agree to the last bit on every problem tried); only the work per
+visit shrinks. N = 10,000 with K = 100 takes about 30 s of one core instead of hours
+(benchmarks/adaptive_solver.py).
 
 - E[max] is a fold of the monoid (P, W) over the clients sorted by T: client j is
   (1 - q_j, T_j q_j), left then right combine to (P_L P_R, W_L P_R + W_R), and E[max] is the W
@@ -359,13 +360,14 @@ class _Exchange:
     loop that cannot be vectorised without rounding differently. So the gradient is first taken
     with an estimate of H (the loop's H at the last full pass plus, for each step since, the
     change of the two moved clients carried forward one (1 - q) at a time) and a bound on the
-    gap between that estimate and the loop's H: the loop's rounding, at most
-    2.02 u max T min(N, 1 / q_min) (each step adds two roundings of at most u H, forgotten at the
-    rate q_l), counted on both sides, plus the estimate's own rounding since. When the best
-    client, the worst client and the stop test are each clear by more than that bound, they are
-    the loop's; otherwise the loop runs (from the faster moved client on) and the exact
-    gradient decides. Everything else (S, E, rounds, the four corners) is computed with the
-    same operations in the same order as before, so the numbers are the same to the bit."""
+    gap between that estimate and the loop's H, client by client: the loop's rounding, at most
+    2.02 u T_i min(N, 1 / q_min) at client i (H_i <= T_i, being an average of faster clients'
+    T; each step adds two roundings of at most u H, forgotten at the rate q_l), counted on both
+    sides, plus the estimate's own rounding since. When the best client, the worst client and
+    the stop test are each clear by more than that bound, they are the loop's; otherwise the
+    loop runs (from the faster moved client on) and the exact gradient decides. Everything
+    else (S, E, rounds, the four corners) is computed with the same operations in the same
+    order as before, so the numbers are the same to the bit."""
 
     def __init__(self, prob: AdaptiveProblem, s: np.ndarray, q: np.ndarray) -> None:
         self.prob = prob
@@ -393,10 +395,12 @@ class _Exchange:
         self.down = self.qs > prob.q_min + 1e-12
         self.h = np.zeros(n)  # the loop's H, valid up to self.valid
         self.valid = 0
-        self.h_est = np.zeros(n)  # the estimate of H and a bound on its gap to the loop's
-        self.h_est_err = math.inf
-        self.h_max = 1.01 * float(self.t.max())
-        self.h_loop_err = 2.02 * _EPS * self.h_max * min(n, 1.0 / prob.q_min)
+        # the estimate of H; it is off the loop's H by at most est_abs + est_rel t_cap
+        self.h_est = np.zeros(n)
+        self.has_estimate = False
+        self.est_abs, self.est_rel = 0.0, 0.0
+        self.t_cap = 1.01 * self.t  # bounds H_i and |T_i - H_i| (1% for rounding)
+        self.loop_rel = 2.02 * _EPS * min(n, 1.0 / prob.q_min)  # the loop's own rounding, relative to t_cap
         self.d_r_bound = 1.01 * float(np.max(np.abs(self.d_num))) / prob.q_min**2
         self.exact_runs = 0
 
@@ -426,7 +430,8 @@ class _Exchange:
         self.exact_runs += 1
         h = self._loop_h()
         self.h_est[:] = h
-        self.h_est_err = 2 * self.h_loop_err
+        self.has_estimate = True
+        self.est_abs, self.est_rel = 0.0, 2 * self.loop_rel
         d_e = np.empty_like(self.t)
         d_e[self.order] = self.suffix * (self.t - h)
         g = e_max * self.d_r + r * d_e
@@ -439,33 +444,43 @@ class _Exchange:
         j = int(down[np.argmax(g[down])])
         return i, j, float(g[i]), float(g[j])
 
-    def _clear(self, g: np.ndarray, mask: np.ndarray, err: float, lowest: bool) -> int | None:
-        """The position of the min (max) of g over ``mask`` if it stays the min (max) under any
-        change of every entry by up to ``err``; else None."""
-        pick = np.where(mask, g, np.inf if lowest else -np.inf)
-        k = int(np.argmin(pick) if lowest else np.argmax(pick))
-        best = float(pick[k])
-        pick[k] = np.inf if lowest else -np.inf
-        runner = float(np.min(pick) if lowest else np.max(pick))
-        return k if abs(runner - best) > 2 * err else None
+    def h_est_bound(self) -> np.ndarray:
+        """Client by client, the most the estimate of H can be off the loop's H."""
+        return self.est_abs + self.est_rel * self.t_cap
+
+    @staticmethod
+    def _clear(g: np.ndarray, mask: np.ndarray, err: np.ndarray, lowest: bool) -> int | None:
+        """The position of the min (max) of g over ``mask`` if it stays the min (max) whatever
+        each entry's error within ``err``; else None."""
+        if lowest:
+            pick = np.where(mask, g, np.inf)
+            k = int(np.argmin(pick))
+            others = pick - err
+            others[k] = np.inf
+            return k if float(np.min(others)) > pick[k] + err[k] else None
+        pick = np.where(mask, g, -np.inf)
+        k = int(np.argmax(pick))
+        others = pick + err
+        others[k] = -np.inf
+        return k if float(np.max(others)) < pick[k] - err[k] else None
 
     def pair(self, value: float, e_max: float, r: float) -> tuple[int, int] | None:
         """The pair the exact gradient picks (i to raise, j to lower), or None where it stops."""
         limit = 1e-9 * max(abs(value), 1e-12)
-        if math.isfinite(self.h_est_err):
+        if self.has_estimate:
             if not self.up.any() or not self.down.any():
                 return None
             a = e_max * self.d_r_sorted  # E dR/dq, in ascending T
             g = a + r * (self.suffix * (self.t - self.h_est))  # + R dE/dq
-            # every entry's gap to the exact gradient: S <= 1, |T - H| <= max T, |E dR/dq| <= E d / q_min^2
-            err = (
-                1.01 * abs(r) * (self.h_est_err + 16 * _EPS * self.h_max) + 8 * _EPS * e_max * self.d_r_bound
-            )
+            # each entry's gap to the exact gradient: R S times H's, plus roundings of R S |T - H| and E dR/dq
+            err = (1.01 * abs(r)) * (self.suffix * (self.est_abs + (self.est_rel + 16 * _EPS) * self.t_cap))
+            err += 8 * _EPS * e_max * self.d_r_bound
             i = self._clear(g, self.up, err, True)
             j = self._clear(g, self.down, err, False) if i is not None else None
             if i is not None and j is not None:
                 gap = float(g[j] - g[i])
-                if abs(gap - limit) > 2 * err + 4 * _EPS * (abs(float(g[i])) + abs(float(g[j])) + limit):
+                slack = err[i] + err[j] + 4 * _EPS * (abs(float(g[i])) + abs(float(g[j])) + limit)
+                if abs(gap - limit) > slack:
                     if i == j or gap <= limit:
                         return None
                     return int(self.order[i]), int(self.order[j])
@@ -523,7 +538,7 @@ class _Exchange:
         suffix[: b + 1] = np.cumprod(np.concatenate(([suffix[b]], miss[1 : b + 1][::-1])))[::-1]
         self.v[: b + 1] = self.w[: b + 1] * suffix[: b + 1]
         self.valid = min(self.valid, a)
-        if not math.isfinite(self.h_est_err):
+        if not self.has_estimate:
             return
         h = self.h_est
         d_a = h[a] * (miss[a] - m_a) + (self.w[a] - c_a)  # change of H at a + 1
@@ -533,8 +548,10 @@ class _Exchange:
         if b + 1 < len(h):
             h[b + 1 :] += np.cumprod(np.concatenate(([d_b], miss[b + 1 : -1])))
         moved = abs(miss[a] - m_a) + abs(miss[b] - m_b)
-        size = abs(d_a) + abs(d_b) + self.h_max * moved + abs(self.w[a] - c_a) + abs(self.w[b] - c_b)
-        self.h_est_err = self.h_est_err * (1 + moved) + 4 * _EPS * (len(h) * size + self.h_max)
+        size = abs(d_a) + abs(d_b) + self.t_cap[b] * moved + abs(self.w[a] - c_a) + abs(self.w[b] - c_b)
+        grow = (1 + moved) * (1 + 2 * _EPS)  # H at a and b enter the change, times the moved (1 - q)
+        self.est_abs = self.est_abs * grow + 4 * _EPS * len(h) * size
+        self.est_rel = self.est_rel * grow + 1.1 * _EPS  # the rounding of adding the change to H
 
 
 def _pair_move(
