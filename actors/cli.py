@@ -87,7 +87,7 @@ def _run_checked(cfg: RunConfig, out: Path | str) -> dict:
 
     check_run(cfg)  # the base model's module names and shapes, and the data for every client
     if cfg.runtime.backend == "serial":
-        from fedlora_ray.simulate import run_serial
+        from fedlora_ray.serial import run_serial
 
         return run_serial(cfg, out)
     from actors.launch import run_on_ray
@@ -106,7 +106,7 @@ def resume_command(run_dir: Path | str, overrides: list[str]) -> dict:
     cfg = resume_config(local, overrides)
     check_run(cfg)
     if cfg.runtime.backend == "serial":
-        from fedlora_ray.simulate import resume_serial
+        from fedlora_ray.serial import resume_serial
 
         return resume_serial(run_dir, overrides)
     from actors.launch import run_on_ray
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         return 0
     if args.command == "control":
-        from fedlora_ray.control.simulate import simulate_control
+        from fedlora_ray.control.controller_only import simulate_control
 
         try:
             log = simulate_control(load_config(args.config, args.overrides), args.rounds)

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fedlora_ray.config import load_config  # noqa: E402
-from fedlora_ray.control.simulate import client_data, simulate_control, trained_head_entries  # noqa: E402
+from fedlora_ray.control.controller_only import client_data, simulate_control, trained_head_entries  # noqa: E402
 from fedlora_ray.tasks import lora_module_dims  # noqa: E402
 
 CONFIG = ROOT / "jobs/configs/quickstart.yaml"

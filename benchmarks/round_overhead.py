@@ -43,7 +43,7 @@ from fedlora_ray.algorithm.sampling import client_seed, sample_clients  # noqa: 
 from fedlora_ray.config import RunConfig, load_config  # noqa: E402
 from fedlora_ray.data import load_wordnet, partition_indices  # noqa: E402
 from fedlora_ray.lora import build_model, load_tokenizer  # noqa: E402
-from fedlora_ray.simulate import SerialBackend  # noqa: E402
+from fedlora_ray.serial import SerialBackend  # noqa: E402
 from fedlora_ray.tasks.bert import tokenize  # noqa: E402
 
 

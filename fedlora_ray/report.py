@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from fedlora_ray.config import ConfigError
-from fedlora_ray.logging.run_log import has_logs, read_log
+from fedlora_ray.rundir.run_log import has_logs, read_log
 from fedlora_ray.sweep import RUNS_FILE
 
 

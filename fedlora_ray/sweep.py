@@ -190,7 +190,7 @@ def run_status(place: str, cfg: RunConfig) -> str:
     (a started run with no checkpoint: its partial logs are discarded) or 'new'. ``place`` is
     the run's folder or URI. A run whose stored config differs from the spec's, other than in
     federation.rounds, is refused."""
-    from fedlora_ray.logging.checkpoint import _NAME, CHECKPOINT_DIR
+    from fedlora_ray.rundir.checkpoint import _NAME, CHECKPOINT_DIR
     from fedlora_ray.storage import list_names, read_text
 
     stored = read_text(place, "config.json")

@@ -247,7 +247,7 @@ def summarize_vtradeoff(out: Path) -> list[str]:
 def summarize_budget(out: Path) -> list[str]:
     """Controller only (no training): the delay budget over 10,000 rounds, per V."""
     from fedlora_ray.config import load_config
-    from fedlora_ray.control.simulate import simulate_uplink
+    from fedlora_ray.control.controller_only import simulate_uplink
 
     plt = _plot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))

@@ -28,7 +28,7 @@ from tests.conftest import tiny_config
 overrides, out, kill_in_commit = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 if kill_in_commit:
     # die between the two renames of a log flush: a clients part replaced, its rounds part not
-    from fedlora_ray.logging.run_log import RunLog
+    from fedlora_ray.rundir.run_log import RunLog
     plain = RunLog._replace
     def replace(self, tmp, final):
         plain(self, tmp, final)
@@ -40,7 +40,7 @@ if cfg.runtime.backend == "ray":
     from actors.launch import run_on_ray
     run_on_ray(cfg, out)
 else:
-    from fedlora_ray.simulate import run_serial
+    from fedlora_ray.serial import run_serial
     run_serial(cfg, out)
 """
 

@@ -21,7 +21,7 @@ from fedlora_ray.config import ChannelConfig, ConfigError
 from fedlora_ray.control import adaptive
 from fedlora_ray.control.adaptive import AdaptivePlan, AdaptiveProblem, expected_max, solve
 from fedlora_ray.lora.adapter import Adapter
-from fedlora_ray.simulate import run_serial
+from fedlora_ray.serial import run_serial
 
 OPTIONS = (0.125, 0.25, 0.5, 1.0)
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedlora_ray.algorithm.aggregate import covariance_term, fedavg
+from fedlora_ray.algorithm.aggregate import aggregate_update, covariance_term
 from fedlora_ray.algorithm.sampling import client_seed, sample_clients
 from fedlora_ray.algorithm.schedule import balance
 from fedlora_ray.lora.adapter import Adapter
@@ -32,8 +32,14 @@ def test_client_seed_depends_on_seed_round_and_client():
 
 def test_fedavg_averages_each_factor_separately_by_data_share():
     gen = torch.Generator().manual_seed(0)
+    start = _adapter(gen)
     ups = [_adapter(gen) for _ in range(3)]
-    out = fedavg(ups, [1.0, 1.0, 2.0])  # shares renormalise to 1/4, 1/4, 1/2
+    # FedAvg's step with the data shares renormalised over the sampled set: 1/4, 1/4, 1/2
+    update = aggregate_update(start, ups, [0.25, 0.25, 0.5])
+    out = Adapter(
+        {m: (b + update.lora[m][0], a + update.lora[m][1]) for m, (b, a) in start.lora.items()},
+        {k: v + update.head[k] for k, v in start.head.items()},
+    )
     for m in ups[0].lora:
         for f in (0, 1):
             expect = 0.25 * ups[0].lora[m][f] + 0.25 * ups[1].lora[m][f] + 0.5 * ups[2].lora[m][f]

@@ -17,14 +17,23 @@ from fedlora_ray.batched.streams import ClientStreams, Slot
 from fedlora_ray.config import RunConfig, replace
 from fedlora_ray.lora.adapter import Adapter
 from fedlora_ray.lora.orthogonality import orthogonal_penalty
-from fedlora_ray.simulate import run_serial
+from fedlora_ray.serial import run_serial
 from tests.conftest import needs_timm, tiny_config
 from tests.test_efficientnet import TINY as EFFICIENTNET_TINY
 from tests.test_fashion_mnist import make_fashion_mnist
 from tests.test_text_tasks import make_ag_news
 from tests.test_vision import make_cifar100
 
-RTOL = 1e-5
+# The batched pass and the one-client loop run different kernels (a stacked matmul over clients
+# against one client's), so they agree within float rounding, not bit for bit, and that rounding
+# differs between CPUs. Tolerances, from benchmarks/portability.py (ATEN_CPU_CAPABILITY = default,
+# avx2 and the best, 1 and 2 threads; Intel AVX2 and AMD AVX-512): the largest relative
+# difference seen was about 1.5e-5 on the upload and 1e-4 on the error memory. The error memory
+# is what was not sent, the difference of two nearly equal vectors, and Adam's first steps map
+# gradient entries near its epsilon (1e-8) to steps of any size, so rounding shows more there.
+# A wrong stream, step count or memory moves either by 1e-2 or more.
+RTOL = 1e-4  # local loss and the upload
+STATE_RTOL = 1e-3  # the error memory
 SIZES = (13, 20, 27, 9)  # unequal: steps 2, 3, 4, 2 at batch 8, each with a short last batch
 
 
@@ -43,25 +52,25 @@ def _dense(reply: ClientReply, adapter: Adapter) -> dict[str, torch.Tensor]:
     return out
 
 
-def assert_same_uploads(got: list[ClientReply], ref: list[ClientReply], adapter: Adapter) -> None:
+def upload_differences(got: list[ClientReply], ref: list[ClientReply], adapter: Adapter) -> dict[str, float]:
+    """The largest relative differences over the clients: local loss, the upload (every module's
+    sent values and the head, as one vector) and the error memory. Counts must match exactly."""
     by_id = {r.client_id: r for r in got}
     assert sorted(by_id) == sorted(r.client_id for r in ref)
+    worst = {"loss": 0.0, "upload": 0.0, "state": 0.0}
     for r in ref:
         g = by_id[r.client_id]
         assert g.steps == r.steps and g.kept_entries == r.kept_entries and g.bits_sent == r.bits_sent
-        assert g.local_loss == pytest.approx(r.local_loss, rel=RTOL)
-        # the upload: every module's sent values and the head, as one vector
+        worst["loss"] = max(worst["loss"], abs(g.local_loss - r.local_loss) / abs(r.local_loss))
         want = torch.cat([*_dense(r, adapter).values(), *(t.flatten() for t in r.head.values())])
         sent = torch.cat([*_dense(g, adapter).values(), *(t.flatten() for t in g.head.values())])
-        assert _rel(sent, want) < RTOL, r.client_id
+        worst["upload"] = max(worst["upload"], _rel(sent, want))
         assert set(g.state) == set(r.state)
-        # The error memory is what was not sent: the difference of two nearly equal vectors,
-        # and Adam's first steps map gradient entries near its epsilon (1e-8) to steps of any
-        # size, so float rounding shows more here than in the upload; 1e-4 still tells a wrong
-        # memory (a different stream or step count moves it by far more).
         for k, v in r.state.items():
             for m, pair in v.items():
-                assert all(_rel(x, y) < 10 * RTOL for x, y in zip(g.state[k][m], pair, strict=True))
+                for x, y in zip(g.state[k][m], pair, strict=True):
+                    worst["state"] = max(worst["state"], _rel(x, y))
+    return worst
 
 
 def _tasks(trainer: ClientTrainer, components: tuple[int | None, ...], state=None) -> list[ClientTask]:  # type: ignore[no-untyped-def]
@@ -81,10 +90,10 @@ def _tasks(trainer: ClientTrainer, components: tuple[int | None, ...], state=Non
     ]
 
 
-def _compare(cfg: RunConfig, components=(None,) * 4, rounds: int = 1) -> None:  # type: ignore[no-untyped-def]
+def compare_passes(cfg: RunConfig, components=(None,) * 4, rounds: int = 1) -> dict[str, float]:  # type: ignore[no-untyped-def]
     """Train the four clients one at a time, then in passes of C = 2, 3 and 4 (C = 3: a pass
     of three, then one of one); with ``rounds`` = 2 the second round starts from the states the
-    first left (error memory)."""
+    first left (error memory). Returns the largest differences seen (``upload_differences``)."""
     trainer = ClientTrainer(replace(cfg, "runtime.clients_per_pass=4"))
     adapter = trainer.initial_adapter()
     state: dict[int, dict] = {}
@@ -95,9 +104,17 @@ def _compare(cfg: RunConfig, components=(None,) * 4, rounds: int = 1) -> None:  
     trainer.cfg = cfg  # clients_per_pass = 1: one client at a time
     ref = trainer.train(adapter, tasks)
     trainer.cfg = replace(cfg, "runtime.clients_per_pass=4")  # a pass of one trains as a pass
+    worst = {"loss": 0.0, "upload": 0.0, "state": 0.0}
     for per_pass in (2, 3, 4):
         passes = [tasks[i : i + per_pass] for i in range(0, len(tasks), per_pass)]
-        assert_same_uploads(trainer.train_passes(adapter, passes), ref, adapter)
+        seen = upload_differences(trainer.train_passes(adapter, passes), ref, adapter)
+        worst = {k: max(worst[k], seen[k]) for k in worst}
+    return worst
+
+
+def _compare(cfg: RunConfig, components=(None,) * 4, rounds: int = 1) -> None:  # type: ignore[no-untyped-def]
+    worst = compare_passes(cfg, components, rounds)
+    assert worst["loss"] < RTOL and worst["upload"] < RTOL and worst["state"] < STATE_RTOL, worst
 
 
 SCHEMES = {

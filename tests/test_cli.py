@@ -27,7 +27,7 @@ def _no_run(*args, **kwargs):  # stands in for the backends: a bad config must s
 
 def _refused(argv, capsys, monkeypatch) -> str:
     # run_command imports the backend it needs; hand it stand-ins (which also keeps Ray unloaded)
-    for module, name in (("actors.launch", "run_on_ray"), ("fedlora_ray.simulate", "run_serial")):
+    for module, name in (("actors.launch", "run_on_ray"), ("fedlora_ray.serial", "run_serial")):
         fake = types.ModuleType(module)
         setattr(fake, name, _no_run)
         monkeypatch.setitem(sys.modules, module, fake)

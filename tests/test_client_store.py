@@ -11,9 +11,9 @@ import torch
 from fedlora_ray.algorithm.callbacks import Callback
 from fedlora_ray.algorithm.client_store import CLIENT_STORE_DIR, ClientStateFiles, ClientStore, state_nbytes
 from fedlora_ray.algorithm.run import FederatedRun, resume_config
-from fedlora_ray.logging import load_checkpoint
-from fedlora_ray.logging.checkpoint import checkpoint_round, checkpoints
-from fedlora_ray.simulate import SerialBackend, resume_serial
+from fedlora_ray.rundir import load_checkpoint
+from fedlora_ray.rundir.checkpoint import checkpoint_round, checkpoints
+from fedlora_ray.serial import SerialBackend, resume_serial
 from tests.conftest import tiny_config
 from tests.resume_helpers import assert_same_run
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from fedlora_ray.compress import apply_payload, compensate, compress_update, module_budget, residual
+from fedlora_ray.compress import apply_payload, compensate, compressor, module_budget, residual
 from fedlora_ray.compress.base import dense_update, payload_bits
 from fedlora_ray.compress.soft import allocate, rank_scores
 from fedlora_ray.config import CompressionConfig
@@ -21,6 +21,11 @@ def _factors(seed, scale=1.0):
         m: (scale * torch.randn(d, r, generator=g), scale * torch.randn(r, k, generator=g))
         for m, (d, r, k) in SHAPES.items()
     }  # noqa: E501
+
+
+def compress_update(update, local, cfg: CompressionConfig, gen: torch.Generator):  # type: ignore[no-untyped-def]
+    """What FedAvg's upload does with the compensated update: the configured method's compress."""
+    return compressor(cfg.method).compress(update, local, cfg, gen)
 
 
 def _compress(method, rho, seed=0, **kw):

@@ -7,8 +7,8 @@ from fedlora_ray.channel import Uplink
 from fedlora_ray.compress.bits import entry_bits, lora_entries
 from fedlora_ray.config import load_config
 from fedlora_ray.control.bound import bound, rank_term, sparsification_term
+from fedlora_ray.control.controller_only import simulate_uplink
 from fedlora_ray.control.online import objective, solve_cvxpy, solve_scalar
-from fedlora_ray.control.simulate import simulate_uplink
 from fedlora_ray.control.tsfa import offline_rank, rho_for_budget
 
 MINILM_DIMS = [(384, 384)] * 12  # q and v in 6 layers: no model needed for the controller
@@ -96,7 +96,7 @@ def test_tsfa_builds_the_model_at_the_offline_rank(tmp_path):
 
     import pandas as pd
 
-    from fedlora_ray.simulate import run_serial
+    from fedlora_ray.serial import run_serial
     from tests.conftest import tiny_config
 
     cfg = tiny_config(

@@ -20,7 +20,7 @@ from fedlora_ray.algorithm.schemes.base import LocalUpdate, Scheme
 from fedlora_ray.compress import COMPRESSORS, compressor
 from fedlora_ray.config import ConfigError
 from fedlora_ray.control import CONTROLLERS
-from fedlora_ray.control.simulate import (
+from fedlora_ray.control.controller_only import (
     module_upload,
     simulate_control,
     upload_cost,
@@ -160,7 +160,7 @@ CLIENT_COLUMNS = ["client_id", "examples", "bits_sent", "kept_entries", "compone
 
 @pytest.mark.parametrize("name", list(EQUAL_RUNS))
 def test_control_mode_rounds_equal_a_real_serial_run(name, tmp_path):
-    from fedlora_ray.simulate import run_serial
+    from fedlora_ray.serial import run_serial
 
     cfg = tiny_config("federation.rounds=3", "federation.eval_every=100", *CLOCK, *EQUAL_RUNS[name])
     run_serial(cfg, tmp_path)

@@ -18,7 +18,7 @@ from fedlora_ray.lora.adapter import lora_parameters
 from fedlora_ray.lora.rank_mask import lora_b_modules, rank_mask
 from fedlora_ray.lora.save import save_adapter
 from fedlora_ray.preflight import check_run
-from fedlora_ray.simulate import run_serial
+from fedlora_ray.serial import run_serial
 from fedlora_ray.tasks import Split, lora_module_dims, model_family
 from fedlora_ray.train import train_local
 from tests.conftest import needs_timm, tiny_config

@@ -20,8 +20,8 @@ from fedlora_ray.algorithm.run import FederatedRun
 from fedlora_ray.algorithm.server_opt import server_step
 from fedlora_ray.compress import apply_payload
 from fedlora_ray.config import ConfigError
-from fedlora_ray.logging.checkpoint import checkpoints
-from fedlora_ray.simulate import SerialBackend, run_serial
+from fedlora_ray.rundir.checkpoint import checkpoints
+from fedlora_ray.serial import SerialBackend, run_serial
 from tests.conftest import tiny_config, wait_for
 from tests.resume_helpers import assert_same_run, logged_rounds, tables
 

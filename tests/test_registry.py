@@ -10,7 +10,7 @@ from fedlora_ray.algorithm.run import FederatedRun
 from fedlora_ray.algorithm.schemes import SCHEMES, register_scheme
 from fedlora_ray.algorithm.schemes.fedavg import FedAvg
 from fedlora_ray.config import ConfigError
-from fedlora_ray.simulate import SerialBackend
+from fedlora_ray.serial import SerialBackend
 from tests.conftest import tiny_config
 
 

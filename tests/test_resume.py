@@ -10,9 +10,9 @@ import pytest
 
 from fedlora_ray.algorithm.run import resume_config
 from fedlora_ray.config import ConfigError
-from fedlora_ray.logging import read_log
-from fedlora_ray.logging.checkpoint import checkpoints
-from fedlora_ray.simulate import resume_serial, run_serial
+from fedlora_ray.rundir import read_log
+from fedlora_ray.rundir.checkpoint import checkpoints
+from fedlora_ray.serial import resume_serial, run_serial
 from tests.conftest import tiny_config, wait_for
 from tests.resume_helpers import assert_same_run, kill_after, start_child
 

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fedlora_ray.logging import CLIENTS_SCHEMA, ROUNDS_SCHEMA, RunLog, read_log
+from fedlora_ray.rundir import CLIENTS_SCHEMA, ROUNDS_SCHEMA, RunLog, read_log
 
 
 def _round(t):

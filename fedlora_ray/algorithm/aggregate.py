@@ -18,21 +18,6 @@ def _normalised(weights: Sequence[float] | torch.Tensor) -> list[float]:
     return (w / w.sum()).tolist()
 
 
-def fedavg(uploads: Sequence[Adapter], weights: Sequence[float]) -> Adapter:
-    """Average B and A **separately**, weighted by the data shares renormalised over the
-    sampled set [seed II-B]. The head, when trained, is averaged the same way."""
-    w = _normalised(weights)
-    lora = {
-        m: (
-            _weighted_sum(w, [u.lora[m][0] for u in uploads]),
-            _weighted_sum(w, [u.lora[m][1] for u in uploads]),
-        )
-        for m in uploads[0].lora
-    }
-    head = {k: _weighted_sum(w, [u.head[k] for u in uploads]) for k in uploads[0].head}
-    return Adapter(lora, head)
-
-
 def aggregate_update(
     global_adapter: Adapter, uploads: Sequence[Adapter], weights: Sequence[float]
 ) -> Adapter:

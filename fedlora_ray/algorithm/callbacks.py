@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from fedlora_ray.algorithm.state import RunState
-from fedlora_ray.logging import save_checkpoint
-from fedlora_ray.logging.checkpoint import checkpoint_round, checkpoints
+from fedlora_ray.rundir import save_checkpoint
+from fedlora_ray.rundir.checkpoint import checkpoint_round, checkpoints
 
 if TYPE_CHECKING:
     from fedlora_ray.algorithm.run import FederatedRun

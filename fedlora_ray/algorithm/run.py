@@ -32,8 +32,8 @@ from fedlora_ray.algorithm.round import round_step
 from fedlora_ray.algorithm.state import RunState, build_context, initial_state
 from fedlora_ray.config import ConfigError, RunConfig, load_config, parse_override, replace
 from fedlora_ray.control import controller_class
-from fedlora_ray.logging import RunLog, latest_checkpoint, load_checkpoint
-from fedlora_ray.logging.checkpoint import checkpoint_round, checkpoints
+from fedlora_ray.rundir import RunLog, latest_checkpoint, load_checkpoint
+from fedlora_ray.rundir.checkpoint import checkpoint_round, checkpoints
 from fedlora_ray.tasks import load_splits
 
 BackendFactory = Callable[[RunConfig], Backend]

@@ -10,7 +10,6 @@ from fedlora_ray.compress.base import (
     Compressed,
     ModulePayload,
     apply_payload,
-    compress_update,
     compressor,
     register_compressor,
 )
@@ -18,6 +17,6 @@ from fedlora_ray.compress.bits import module_budget
 from fedlora_ray.compress.error_feedback import compensate, residual
 
 __all__ = [
-    "COMPRESSORS", "Compressed", "ModulePayload", "apply_payload", "compensate", "compress_update",
+    "COMPRESSORS", "Compressed", "ModulePayload", "apply_payload", "compensate",
     "compressor", "module_budget", "register_compressor", "residual",
 ]  # fmt: skip

@@ -156,13 +156,6 @@ def compressor(method: str) -> Compressor:
     return COMPRESSORS[method]
 
 
-def compress_update(
-    update: Factors, local: Factors, cfg: CompressionConfig, gen: torch.Generator
-) -> Compressed:
-    """Sparsify the error-compensated update U of every module with ``cfg.method``."""
-    return compressor(cfg.method).compress(update, local, cfg, gen)
-
-
 def dense_update(
     payload: ModulePayload, shape_b: torch.Size, shape_a: torch.Size
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -48,16 +48,6 @@ def entry_bits(value_bits: int, rank: int, dims: Dims) -> int:
     return value_bits + math.ceil(math.log2(rank * max(d + k for d, k in dims)))
 
 
-def sparse_upload_bits(rank: int, dims: Dims, keep_ratio: float, value_bits: int, dense: bool) -> int:
-    """One client's LoRA upload under a sparsifier at keep ratio rho (every module at its budget
-    K_m), or dense: what the compressors send, priced before any training."""
-    return sum(
-        payload_bits(r_dk if dense else module_budget(keep_ratio, d, k, rank), r_dk, value_bits, dense)
-        for d, k in dims
-        for r_dk in (rank * (d + k),)
-    )
-
-
 def component_upload_bits(components: int, rank: int, d: int, k: int, value_bits: int, indexed: bool) -> int:
     """One module's structured upload: ``components`` whole rank components, (d + k) values each,
     plus ceil(log2 r) bits per component index when the set is not implied (FSLoRA's sketch)

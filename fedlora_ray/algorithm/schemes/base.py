@@ -56,7 +56,6 @@ class Scheme:
 
     name: ClassVar[str] = ""
     trains_a: ClassVar[bool] = True  # False: A stays frozen at its seeded init (FFA-LoRA)
-    keeps_client_state: bool = False  # True: the driver stores each client's state between rounds
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg

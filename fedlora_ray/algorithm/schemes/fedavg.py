@@ -28,7 +28,8 @@ class FedAvg(Scheme):
         super().__init__(cfg)
         comp = cfg.compression
         self.compressor = compressor(comp.method)
-        self.keeps_client_state = comp.error_feedback and not self.compressor.dense
+        # the error memory e_i: what a sparsifier did not send, carried to the client's next round
+        self.remembers_error = comp.error_feedback and not self.compressor.dense
 
     @classmethod
     def validate(cls, cfg: RunConfig) -> None:
@@ -45,10 +46,10 @@ class FedAvg(Scheme):
 
     def upload(self, update: LocalUpdate) -> tuple[Compressed, dict[str, Any]]:
         comp = self.cfg.compression
-        memory = update.state.get("error") if self.keeps_client_state else None
+        memory = update.state.get("error") if self.remembers_error else None
         compensated = compensate(update.delta, memory)
         gen = torch.Generator().manual_seed(update.seed ^ _COMPRESSOR_STREAM)
         ratio = update.keep_ratio
         round_cfg = comp if ratio is None else dataclasses.replace(comp, keep_ratio=ratio)
         sent = self.compressor.compress(compensated, update.local, round_cfg, gen)
-        return sent, ({"error": residual(compensated, sent)} if self.keeps_client_state else {})
+        return sent, ({"error": residual(compensated, sent)} if self.remembers_error else {})

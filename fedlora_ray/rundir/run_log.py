@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from fedlora_ray.logging.schema import CLIENTS_SCHEMA, PROFILE_SCHEMA, ROUNDS_SCHEMA
+from fedlora_ray.rundir.schema import CLIENTS_SCHEMA, PROFILE_SCHEMA, ROUNDS_SCHEMA
 
 _SCHEMAS = {"rounds": ROUNDS_SCHEMA, "clients": CLIENTS_SCHEMA}
 _PART = "part-{:06d}.parquet"
