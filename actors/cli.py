@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from fedlora_ray.atomic_write import atomic_path
 from fedlora_ray.config import ConfigError, RunConfig, help_table, load_config
 from fedlora_ray.storage import check_out, is_uri
 
@@ -131,9 +132,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"fedlora-ray: error: {err}", file=sys.stderr)
             return 2
         df = log.rounds
-        df.to_parquet(args.out)
+        with atomic_path(args.out) as tmp:
+            df.to_parquet(tmp)
         if args.clients:
-            log.clients.to_parquet(args.clients)
+            with atomic_path(args.clients) as tmp:
+                log.clients.to_parquet(tmp)
         print(
             f"{args.out}: {len(df)} rounds, rank {df['lora_rank'].iloc[0]}, mean keep ratio "
             f"{df['keep_ratio'].mean():.3f}, mean upload delay {df['upload_delay_s'].mean():.4f} s, "

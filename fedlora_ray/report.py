@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fedlora_ray.atomic_write import atomic_path, write_bytes
 from fedlora_ray.config import ConfigError
 from fedlora_ray.rundir.run_log import has_logs, read_log
 from fedlora_ray.sweep import RUNS_FILE
@@ -32,6 +33,12 @@ class Run:
     @property
     def seed(self) -> int:
         return int(self.config["federation"]["seed"])
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """A matplotlib figure, written whole or not at all, in the format its suffix names."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format=path.suffix.lstrip("."))
 
 
 def load_run(path: str | Path, values: dict[str, Any] | None = None) -> Run:
@@ -163,7 +170,7 @@ def plot_groups(groups: dict[str, list[Run]], labels: dict[str, str], out: Path)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(out / filename, dpi=110)
+        save_figure(fig, out / filename)
         plt.close(fig)
         written.append(out / filename)
     return written
@@ -199,7 +206,7 @@ def write_report(run_dirs: list[str | Path], out: str | Path) -> Path:
     images = plot_groups(groups, labels, out)
     lines = ["# Run report", "", *summary_table(groups, labels), ""]
     lines += [f"![{p.stem}]({p.name})" for p in images]
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    write_bytes(out / "summary.md", ("\n".join(lines) + "\n").encode())
     return out / "summary.md"
 
 

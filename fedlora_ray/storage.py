@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from fedlora_ray.atomic_write import write_bytes
 from fedlora_ray.config import ConfigError
 
 URI_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "file", "abfs", "abfss")
@@ -156,11 +157,7 @@ def list_names(place: str, folder: str) -> list[str]:
 def write_file(place: str, name: str, data: bytes) -> None:
     """Write a whole file into a folder (temporary file, then rename) or a URI (one upload)."""
     if not is_uri(place):
-        path = Path(place) / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        write_bytes(Path(place) / name, data)
         return
     filesystem, base = _filesystem(place)
     filesystem.create_dir(base, recursive=True)

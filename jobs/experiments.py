@@ -29,7 +29,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fedlora_ray.report import Run, final_value, load_run, mean_curve  # noqa: E402
+from fedlora_ray.atomic_write import write_bytes  # noqa: E402
+from fedlora_ray.report import Run, final_value, load_run, mean_curve, save_figure  # noqa: E402
 
 BASE = ROOT / "jobs" / "configs" / "quickstart.yaml"
 DOCS = ROOT / "docs" / "experiments"
@@ -121,7 +122,7 @@ def summarize_fig3(out: Path) -> list[str]:
     np.atleast_1d(axes)[0].set_ylabel("test accuracy")
     np.atleast_1d(axes)[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(DOCS / f"{_stem('fig3_accuracy')}.png", dpi=110)
+    save_figure(fig, DOCS / f"{_stem('fig3_accuracy')}.png")
     return [*lines, "", f"![accuracy against round]({_stem('fig3_accuracy')}.png)", ""]
 
 
@@ -156,7 +157,7 @@ def summarize_fig4(out: Path) -> list[str]:
             fig.colorbar(im, ax=ax, fraction=0.046)
     fig.suptitle("Gram matrices of the last layer's value module (seed 0)")
     fig.tight_layout()
-    fig.savefig(DOCS / f"{_stem('fig4_gram')}.png", dpi=110)
+    save_figure(fig, DOCS / f"{_stem('fig4_gram')}.png")
     return [*lines, "", f"![Gram matrices]({_stem('fig4_gram')}.png)", ""]
 
 
@@ -186,7 +187,7 @@ def summarize_fig56(out: Path) -> list[str]:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(DOCS / f"{_stem('fig56_covariance_accuracy')}.png", dpi=110)
+    save_figure(fig, DOCS / f"{_stem('fig56_covariance_accuracy')}.png")
     return [*lines, "", f"![covariance and accuracy]({_stem('fig56_covariance_accuracy')}.png)", ""]
 
 
@@ -222,7 +223,7 @@ def summarize_fig3c(out: Path) -> list[str]:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(DOCS / f"{_stem('fig3c_accuracy_vs_time')}.png", dpi=110)
+    save_figure(fig, DOCS / f"{_stem('fig3c_accuracy_vs_time')}.png")
     return [*lines, "", f"![accuracy against simulated time]({_stem('fig3c_accuracy_vs_time')}.png)", ""]
 
 
@@ -274,7 +275,7 @@ def summarize_budget(out: Path) -> list[str]:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(DOCS / "budget_over_time.png", dpi=110)
+    save_figure(fig, DOCS / "budget_over_time.png")
     return [*lines, "", "![queue and running average delay](budget_over_time.png)", ""]
 
 
@@ -345,7 +346,7 @@ def summarize_wallclock(out: Path) -> list[str]:
     for ax in axes:
         ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    fig.savefig(DOCS / f"{_stem('wallclock_accuracy')}.png", dpi=110)
+    save_figure(fig, DOCS / f"{_stem('wallclock_accuracy')}.png")
     return [
         *lines,
         "",
@@ -364,7 +365,7 @@ def summarize(fig: str, out: Path) -> Path:
     DOCS.mkdir(parents=True, exist_ok=True)
     lines = SUMMARIES[fig](out)
     path = DOCS / (f"{fig}-{TAG}.md" if TAG else f"{fig}.md")
-    path.write_text("\n".join(lines) + "\n")
+    write_bytes(path, ("\n".join(lines) + "\n").encode())
     print(path.read_text())
     return path
 

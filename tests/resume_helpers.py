@@ -29,12 +29,12 @@ overrides, out, kill_in_commit = json.loads(sys.argv[1]), sys.argv[2], int(sys.a
 if kill_in_commit:
     # die between the two renames of a log flush: a clients part replaced, its rounds part not
     from fedlora_ray.rundir.run_log import RunLog
-    plain = RunLog._replace
-    def replace(self, tmp, final):
-        plain(self, tmp, final)
-        if final.parent.name == "clients.parquet" and len(self._history) == kill_in_commit:
+    plain = RunLog._write_part
+    def write_part(self, name, start, table):
+        plain(self, name, start, table)
+        if name == "clients" and len(self._history) == kill_in_commit:
             os.kill(os.getpid(), signal.SIGKILL)
-    RunLog._replace = replace
+    RunLog._write_part = write_part
 cfg = tiny_config(*overrides)
 if cfg.runtime.backend == "ray":
     from actors.launch import run_on_ray

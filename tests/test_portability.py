@@ -19,5 +19,6 @@ def test_every_golden_and_equivalence_holds_under(capability: str, threads: int)
     if capability != "best":
         assert result["capability"].lower() == capability.lower(), result["capability"]
     fraction, where = worst_of(result)
-    print(f"{capability} ({result['capability']}), {threads} threads: {fraction:.3g} of a tolerance at {where}")
+    seen = f"{capability} ({result['capability']}), {threads} threads"
+    print(f"{seen}: {fraction:.3g} of a tolerance at {where}")
     assert fraction <= 1.0, where

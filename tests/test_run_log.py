@@ -49,8 +49,11 @@ def test_rows_are_appended_and_readable_after_each_round(tmp_path):
 def test_long_logs_are_written_in_parts_and_only_the_open_part_is_rewritten(tmp_path):
     log = RunLog(tmp_path / "run", {"log": {"part_rounds": 3, "run_id": "sweep-a"}})
     written: list[str] = []
-    plain = log._replace
-    log._replace = lambda tmp, final: (written.append(final.name), plain(tmp, final))  # type: ignore[method-assign]
+    plain = log._write_part
+    log._write_part = lambda name, start, table: (  # type: ignore[method-assign]
+        written.append(f"part-{start:06d}.parquet"),
+        plain(name, start, table),
+    )
     for t in range(1, 8):
         written.clear()
         log.append_round(_round(t), _clients(t))

@@ -48,6 +48,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedlora_ray.atomic_write import atomic_path
+
 CLIENT_STORE_DIR = "client_store"
 _SHARD = 1000  # clients per sub-folder: no folder grows past a few thousand files
 _FILE = re.compile(r"^(\d+)-(\d+)\.pt$")
@@ -166,10 +168,9 @@ class ClientStateFiles:
         if path.parent not in self._shards:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._shards.add(path.parent)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as fh:
+        # not durable here: ``sync`` flushes every file written since, once per checkpoint
+        with atomic_path(path, durable=False) as tmp, open(tmp, "wb") as fh:
             _StatePickler(fh, protocol=5).dump(state)
-        os.replace(tmp, path)
         self._unsynced.append(path)
 
     def read(self, client: int, version: int) -> dict[str, Any]:

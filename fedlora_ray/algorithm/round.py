@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,20 +22,9 @@ from fedlora_ray.algorithm.server_opt import server_step
 from fedlora_ray.algorithm.state import RunContext, RunState
 from fedlora_ray.compress import apply_payload
 from fedlora_ray.control import ControllerState, RoundPlan
+from fedlora_ray.control.clock import ClockStep, clock_step
 from fedlora_ray.lora.adapter import Adapter
 from fedlora_ray.lora.orthogonality import orthogonality_error
-
-
-@dataclass(frozen=True)
-class RoundTiming:
-    """The round on the simulated clock (per participant, in sampled order) and the wall clock."""
-
-    shares: np.ndarray  # bandwidth share b_i
-    upload: np.ndarray  # upload time, s
-    compute: np.ndarray  # compute time, s
-    upload_delay: float  # slowest upload
-    round_delay: float  # slowest compute + upload: the clock's step
-    wall_seconds: float
 
 
 class BadUpdateError(RuntimeError):
@@ -110,24 +98,19 @@ def round_step(
     #    speed; the round lasts until its slowest participant is done [paper (6)-(7)].
     bits = np.array([r.bits_sent for r in replies], dtype=np.float64)
     samples = np.array([r.examples * fed.local_epochs for r in replies])
-    compute = ctx.uplink.compute_seconds(sampled, samples, ctl.components[sampled] / cfg.model.lora_rank)
-    shares = ctx.controller.bandwidth(plan, bits, compute)
-    upload = ctx.uplink.upload_seconds(bits, shares, plan.snr)
-    upload_delay = float(upload.max(initial=0.0))
-    round_delay = float((upload + compute).max(initial=0.0))
-    controller = ctx.controller.observe(ctl, upload_delay)
-    new = RunState(t, adapter, server_opt, controller, clients, state.sim_time + round_delay)
+    clock = clock_step(ctx.uplink, ctx.controller, ctl, plan, sampled, bits, samples, cfg.model.lora_rank)
+    new = RunState(t, adapter, server_opt, clock.controller, clients, state.sim_time + clock.round_delay)
 
     # 8. What the round did: one row, and one row per participant.
-    timing = RoundTiming(shares, upload, compute, upload_delay, round_delay, time.perf_counter() - start)
-    row = round_row(new, ctx, ctl, plan, replies, kept, held, accepted, timing)
-    client_rows = participant_rows(new, ctl, plan, replies, accepted, weights, timing)
+    row = round_row(new, ctx, ctl, plan, replies, kept, held, accepted, clock)
+    row["round_seconds"] = time.perf_counter() - start
+    client_rows = participant_rows(new, ctl, plan, replies, accepted, weights, clock)
     return new, row, client_rows
 
 
 def round_row(
     new: RunState, ctx: RunContext, ctl: ControllerState, plan: RoundPlan, replies: list[ClientReply],
-    kept: list[ClientReply], held: list[Adapter], accepted: np.ndarray, timing: RoundTiming,
+    kept: list[ClientReply], held: list[Adapter], accepted: np.ndarray, clock: ClockStep,
 ) -> dict[str, Any]:  # fmt: skip
     """The round's row of rounds.parquet (test columns filled in by the evaluation callback)."""
     ids = np.array([r.client_id for r in kept], dtype=np.int64)
@@ -148,8 +131,8 @@ def round_row(
         "keep_ratio": plan.keep_ratio,
         "queue": plan.queue,
         "bound": plan.bound,
-        "upload_delay_s": timing.upload_delay,
-        "round_delay_s": timing.round_delay,
+        "upload_delay_s": clock.upload_delay,
+        "round_delay_s": clock.round_delay,
         "sim_time_s": new.sim_time,
         "solve_seconds": plan.solve_seconds,
         "orth_error_a": orth_a,
@@ -161,13 +144,13 @@ def round_row(
         "rejected": int((~accepted).sum()),
         "retries": sum(r.attempt - 1 for r in replies),
         "diverged": False,
-        "round_seconds": timing.wall_seconds,
+        "round_seconds": None,  # the wall clock, filled in once the round's work is done
     }
 
 
 def participant_rows(
     new: RunState, ctl: ControllerState, plan: RoundPlan, replies: list[ClientReply], accepted: np.ndarray,
-    weights: RoundWeights, timing: RoundTiming,
+    weights: RoundWeights, clock: ClockStep,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """One row of clients.parquet per participant, with the weight its update entered with
     (0 for a rejected upload)."""
@@ -187,9 +170,9 @@ def participant_rows(
             "train_seconds": r.train_seconds,
             "channel_gain": float(plan.gain[j]),
             "snr_db": float(10 * np.log10(plan.snr[j])),
-            "bandwidth_share": float(timing.shares[j]),
-            "upload_s": float(timing.upload[j]),
-            "compute_s": float(timing.compute[j]),
+            "bandwidth_share": float(clock.shares[j]),
+            "upload_s": float(clock.upload[j]),
+            "compute_s": float(clock.compute[j]),
             "sample_prob": float(ctl.q[r.client_id]),
             "components": int(ctl.components[r.client_id]),
             "rejected": not bool(accepted[j]),

@@ -40,6 +40,7 @@ from fedlora_ray.channel import Uplink
 from fedlora_ray.compress.bits import Dims, ModuleUpload
 from fedlora_ray.config import ConfigError, RunConfig
 from fedlora_ray.control.base import ControllerState, controller_class, make_controller
+from fedlora_ray.control.clock import clock_step
 
 
 def module_upload(cfg: RunConfig) -> ModuleUpload:
@@ -141,7 +142,6 @@ def simulate_control(
     controller.setup(sizes / sizes.sum(), sizes)
     sampling = SAMPLINGS[cfg.sampling.kind](fed.seed, fed.num_clients, fed.clients_per_round)
     state: ControllerState = controller.init(make_scheme(cfg).client_ratios(fed.num_clients, fed.seed))
-    ratio = state.components / rank
     costs: dict[tuple[int, float], tuple[int, int]] = {}  # (k_i, rho) -> (entries, LoRA bits)
 
     round_rows, client_parts, sim_time = [], [], 0.0
@@ -155,25 +155,19 @@ def simulate_control(
                 costs[key] = upload_cost(upload, dims, rank, c, plan.keep_ratio, cfg.compression.value_bits)
             kept[j], lora_bits[j] = costs[key]
         sent = lora_bits + head_bits
-        # round.py step 7, on the same arrays
-        bits = sent.astype(np.float64)
         examples = sizes[sampled].astype(np.int64)
-        compute = uplink.compute_seconds(sampled, examples * fed.local_epochs, ratio[sampled])
-        shares = controller.bandwidth(plan, bits, compute)
-        up = uplink.upload_seconds(bits, shares, plan.snr)
-        upload_delay = float(up.max(initial=0.0))
-        round_delay = float((up + compute).max(initial=0.0))
-        sim_time += round_delay
+        clock = clock_step(uplink, controller, state, plan, sampled, sent, examples * fed.local_epochs, rank)
+        sim_time += clock.round_delay
         round_rows.append((
-            t, rank, plan.keep_ratio, plan.queue, upload_delay, sim_time, plan.bound, plan.solve_seconds,
-            round_delay, len(sampled), int(examples.sum()), int(sent.sum()), int(kept.sum()),
-            state.plan.objective, state.plan.expected_round_s,
+            t, rank, plan.keep_ratio, plan.queue, clock.upload_delay, sim_time, plan.bound,
+            plan.solve_seconds, clock.round_delay, len(sampled), int(examples.sum()), int(sent.sum()),
+            int(kept.sum()), state.plan.objective, state.plan.expected_round_s,
         ))  # fmt: skip
         client_parts.append((
             np.full(len(sampled), t), sampled, examples, sent, kept, plan.gain, 10 * np.log10(plan.snr),
-            shares, up, compute, state.q[sampled], state.components[sampled],
+            clock.shares, clock.upload, clock.compute, state.q[sampled], state.components[sampled],
         ))  # fmt: skip
-        state = controller.observe(state, upload_delay)
+        state = clock.controller
     columns = [np.concatenate(parts) for parts in zip(*client_parts)]
     clients = pd.DataFrame(dict(zip(CLIENT_COLUMNS, columns)))
     return ControlLog(pd.DataFrame(round_rows, columns=ROUND_COLUMNS), clients)

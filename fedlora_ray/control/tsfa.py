@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedlora_ray.atomic_write import write_bytes
 from fedlora_ray.channel import Uplink
 from fedlora_ray.compress.bits import Dims, entry_bits, lora_entries
 from fedlora_ray.config import RunConfig, replace
@@ -57,8 +58,7 @@ class TSFA(OSFA):
             cfg = replace(cfg, f"controller.sigma_beta={record['sigma_beta']}")
             print(f"pilot calibration: sigma_beta = {record['sigma_beta']:.3f}", flush=True)
             if run_dir is not None:
-                Path(run_dir).mkdir(parents=True, exist_ok=True)
-                (Path(run_dir) / "calibration.json").write_text(json.dumps(record, indent=2))
+                write_bytes(Path(run_dir) / "calibration.json", json.dumps(record, indent=2).encode())
         uplink = Uplink(cfg.channel, cfg.federation.num_clients, cfg.federation.seed)
         r_star, _ = offline_rank(cfg, lora_module_dims(cfg.model), uplink)
         return replace(cfg, f"model.lora_rank={r_star}")

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
 import tempfile
 from pathlib import Path
 
 from safetensors.torch import save_file
 
+from fedlora_ray.atomic_write import atomic_path
 from fedlora_ray.config import ModelConfig
 from fedlora_ray.lora.adapter import Adapter
 from fedlora_ray.lora.model import lora_config
@@ -48,24 +47,22 @@ def save_adapter(
     from fedlora_ray.tasks import model_family
 
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    family = model_family(cfg.name)
-    if config_json is None:
-        config_json = adapter_config_json(cfg)
-    (tmp / "adapter_config.json").write_text(config_json)
-    tensors = {}
-    convs = family.conv_modules(cfg)  # peft keeps a 1x1 convolution's factors 4-D
-    for module, (b, a) in adapter.lora.items():
-        if module in convs:
-            b, a = b[:, :, None, None], a[:, :, None, None]
-        tensors[f"{_PEFT_SAVE_PREFIX}{module}.lora_B.weight"] = b.contiguous()
-        tensors[f"{_PEFT_SAVE_PREFIX}{module}.lora_A.weight"] = a.contiguous()
-    save_file(tensors, str(tmp / "adapter_model.safetensors"))
-    if adapter.head:
-        save_file({k: v.contiguous() for k, v in adapter.head.items()}, str(tmp / "classifier.safetensors"))
-    (tmp / "labels.json").write_text(json.dumps(list(label_names)))
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    with atomic_path(out, folder=True) as tmp:
+        family = model_family(cfg.name)
+        if config_json is None:
+            config_json = adapter_config_json(cfg)
+        (tmp / "adapter_config.json").write_text(config_json)
+        tensors = {}
+        convs = family.conv_modules(cfg)  # peft keeps a 1x1 convolution's factors 4-D
+        for module, (b, a) in adapter.lora.items():
+            if module in convs:
+                b, a = b[:, :, None, None], a[:, :, None, None]
+            tensors[f"{_PEFT_SAVE_PREFIX}{module}.lora_B.weight"] = b.contiguous()
+            tensors[f"{_PEFT_SAVE_PREFIX}{module}.lora_A.weight"] = a.contiguous()
+        save_file(tensors, str(tmp / "adapter_model.safetensors"))
+        if adapter.head:
+            save_file(
+                {k: v.contiguous() for k, v in adapter.head.items()}, str(tmp / "classifier.safetensors")
+            )
+        (tmp / "labels.json").write_text(json.dumps(list(label_names)))
     return out

@@ -8,12 +8,13 @@ dataclasses): it is written and read by this package only.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from fedlora_ray.atomic_write import atomic_path
 
 CHECKPOINT_DIR = "checkpoint"
 _NAME = re.compile(r"^round-(\d{6,})\.pt$")
@@ -46,11 +47,8 @@ def save_checkpoint(run_dir: str | Path, round_: int, payload: dict[str, Any], k
     folder = Path(run_dir) / CHECKPOINT_DIR
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"round-{round_:06d}.pt"
-    tmp = folder / f".round-{round_:06d}.pt.tmp"
-    torch.save({"format": FORMAT, "round": round_, **payload}, tmp)
-    with open(tmp, "rb") as fh:  # on disk before the rename makes it visible
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"format": FORMAT, "round": round_, **payload}, tmp)
     for old in checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return path

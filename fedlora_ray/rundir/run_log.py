@@ -17,8 +17,6 @@ every row carries the run's ``run_id`` so that many runs can be queried as one t
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +24,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from fedlora_ray.atomic_write import atomic_path, write_bytes
 from fedlora_ray.rundir.schema import CLIENTS_SCHEMA, PROFILE_SCHEMA, ROUNDS_SCHEMA
 
 _SCHEMAS = {"rounds": ROUNDS_SCHEMA, "clients": CLIENTS_SCHEMA}
 _PART = "part-{:06d}.parquet"
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -104,7 +97,7 @@ class RunLog:
             if has_logs(self.dir):
                 raise FileExistsError(f"{self.dir} already holds a run's logs; choose another --out")
             self.dir.mkdir(parents=True, exist_ok=True)
-            write_atomic(self.dir / "config.json", json.dumps(config, indent=2, sort_keys=True).encode())
+            write_bytes(self.dir / "config.json", json.dumps(config, indent=2, sort_keys=True).encode())
             return
         self._cut_back(resume_round)
 
@@ -123,13 +116,10 @@ class RunLog:
         for name, table in (("rounds", rounds), ("clients", clients)):
             path = self.dir / f"{name}.parquet"
             if path.is_file():  # the older layout: rewritten as parts once, beside it, then swapped
-                staged = self.dir / f".{name}.parquet.parts"
-                shutil.rmtree(staged, ignore_errors=True)
-                staged.mkdir()
-                for start in sorted({self._part_start(r) for r in table["round"].to_pylist()}):
-                    pq.write_table(self._rows_of_part(table, start), staged / _PART.format(start))
-                path.unlink()
-                os.replace(staged, path)
+                with atomic_path(path, folder=True) as staged:
+                    for start in sorted({self._part_start(r) for r in table["round"].to_pylist()}):
+                        pq.write_table(self._rows_of_part(table, start), staged / _PART.format(start))
+                    path.unlink()  # the parts, whole, take the single file's place
             elif path.is_dir():
                 for part in part_files(path):
                     if int(part.stem.split("-")[1]) >= open_start:
@@ -170,16 +160,9 @@ class RunLog:
         if self._pending_rounds >= self.flush_every:
             self.flush()
 
-    def _replace(self, tmp: Path, final: Path) -> None:
-        os.replace(tmp, final)
-
     def _write_part(self, name: str, start: int, table: pa.Table) -> None:
-        folder = self.dir / f"{name}.parquet"
-        folder.mkdir(exist_ok=True)
-        final = folder / _PART.format(start)
-        tmp = folder / f".{final.name}.tmp"  # hidden: readers of the folder skip it
-        pq.write_table(table, tmp)
-        self._replace(tmp, final)
+        with atomic_path(self.dir / f"{name}.parquet" / _PART.format(start)) as tmp:
+            pq.write_table(table, tmp)
 
     def flush(self) -> None:
         """Write the open parts; rounds last, whose renames commit the rounds they hold. A part
@@ -206,12 +189,11 @@ class RunLog:
             else pa.array(columns[field.name], type=field.type)
             for field in PROFILE_SCHEMA
         ]
-        tmp = self.dir / "profile.parquet.tmp"
-        pq.write_table(pa.Table.from_arrays(arrays, schema=PROFILE_SCHEMA), tmp)
-        os.replace(tmp, self.dir / "profile.parquet")
+        with atomic_path(self.dir / "profile.parquet") as tmp:
+            pq.write_table(pa.Table.from_arrays(arrays, schema=PROFILE_SCHEMA), tmp)
 
     def write_json(self, filename: str, obj: Any) -> None:
-        write_atomic(self.dir / filename, json.dumps(obj, indent=2, sort_keys=True).encode())
+        write_bytes(self.dir / filename, json.dumps(obj, indent=2, sort_keys=True).encode())
 
     def close(self) -> None:
         self.flush()

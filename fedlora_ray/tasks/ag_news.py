@@ -15,12 +15,12 @@ from __future__ import annotations
 import csv
 import functools
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
+from fedlora_ray.atomic_write import atomic_path, write_bytes
 from fedlora_ray.config import ConfigError, DataConfig
 from fedlora_ray.tasks.base import Split, cap_per_class, error_reason, register_dataset
 
@@ -74,14 +74,8 @@ def read_csv(path: Path, num_classes: int) -> tuple[np.ndarray, tuple[str, ...]]
 
 def _write_csv(path: Path, rows: Iterable[tuple[int, str, str]]) -> None:
     """Write atomically, so processes that fetch at once never read half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            csv.writer(fh, quoting=csv.QUOTE_ALL).writerows(rows)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
+        csv.writer(fh, quoting=csv.QUOTE_ALL).writerows(rows)
 
 
 def download(root: Path) -> None:
@@ -114,7 +108,7 @@ def download(root: Path) -> None:
         part = ds[name.removesuffix(".csv")]
         rows = ((int(y) + 1, str(x), "") for x, y in zip(part["text"], part["label"]))
         _write_csv(root / name, rows)
-    (root / "classes.txt").write_text("".join(n + "\n" for n in names), encoding="utf-8")
+    write_bytes(root / "classes.txt", "".join(n + "\n" for n in names).encode("utf-8"))
 
 
 @functools.lru_cache(maxsize=4)

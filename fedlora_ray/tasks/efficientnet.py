@@ -40,7 +40,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +47,7 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
+from fedlora_ray.atomic_write import atomic_path
 from fedlora_ray.config import ConfigError, ModelConfig
 from fedlora_ray.tasks.base import ModelFamily, Split, register_model
 from fedlora_ray.tasks.images import FeatureBatches, ImageBatches, image_batches
@@ -156,13 +156,11 @@ def run_prefix(net: nn.Module, images: torch.Tensor, first: int) -> torch.Tensor
 def _write_atomically(features: torch.Tensor, path: Path) -> None:
     """Temporary file, then rename: a reader sees a whole file or none. A cache that cannot be
     written (read-only home, full disk) is skipped: it only saves time."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(features, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path, durable=False) as tmp:
+            torch.save(features, tmp)
     except OSError:
-        tmp.unlink(missing_ok=True)
+        pass
 
 
 class EfficientNetClassifier(nn.Module):
