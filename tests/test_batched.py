@@ -73,14 +73,16 @@ def upload_differences(got: list[ClientReply], ref: list[ClientReply], adapter: 
     return worst
 
 
-def _tasks(trainer: ClientTrainer, components: tuple[int | None, ...], state=None) -> list[ClientTask]:  # type: ignore[no-untyped-def]
+def _tasks(
+    trainer: ClientTrainer, components: tuple[int | None, ...], state=None, seed: int = 100
+) -> list[ClientTask]:  # type: ignore[no-untyped-def]
     n = len(trainer.train_data)
     rng = np.random.default_rng(0)
     return [
         ClientTask(
             i,
             1,
-            100 + i,
+            seed + i,
             np.sort(rng.choice(n, size, replace=False)),
             (state or {}).get(i, {}),
             None,
@@ -137,6 +139,17 @@ def test_every_scheme_uploads_what_the_one_client_loop_uploads(scheme: str):
     from its own stream in the shared pass. SOFT runs two rounds: the second starts from the
     error memory of the first."""
     _compare(tiny_config(*SCHEMES[scheme]), rounds=2 if "soft" in scheme else 1)
+
+
+def test_the_tolerances_tell_a_wrong_stream():
+    """Other seeds for the same clients (other dropout masks and batches) move the upload and
+    the error memory by orders of magnitude more than the tolerances allow."""
+    trainer = ClientTrainer(tiny_config(*SCHEMES["flasc"]))
+    adapter = trainer.initial_adapter()
+    ref = trainer.train(adapter, _tasks(trainer, (None,) * 4))
+    other = trainer.train(adapter, _tasks(trainer, (None,) * 4, seed=900))
+    worst = upload_differences(other, ref, adapter)
+    assert worst["upload"] > 100 * RTOL and worst["state"] > 10 * STATE_RTOL, worst
 
 
 @pytest.mark.parametrize("kind", ["fslora", "hetlora"])
