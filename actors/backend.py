@@ -7,10 +7,13 @@ with the same numbers. The replies say which attempt produced them, and the roun
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import ray
 from ray.exceptions import RayActorError
+from ray.util.placement_group import PlacementGroup
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.client import ClientActor
 from actors.launch import choose_pool
@@ -23,19 +26,41 @@ from fedlora_ray.train import EvalResult
 MAX_ATTEMPTS = 3  # a batch whose worker died this many times fails the round
 
 
+@dataclass(frozen=True)
+class Pool:
+    """The client-actor pool as the launcher chose it, once: how many actors, why, and the
+    placement group it reserved for them (one bundle per actor; None when they reserve nothing)."""
+
+    num_actors: int
+    chosen_by: str
+    placement: PlacementGroup | None = None
+
+
 class RayBackend:
-    def __init__(self, cfg: RunConfig) -> None:
+    def __init__(self, cfg: RunConfig, pool: Pool | None = None) -> None:
+        """``pool``: the launcher's choice; without one (a backend built by hand) the pool is
+        chosen here. Actor i takes bundle i of the placement group, so the resources found at
+        launch are the ones the actors hold."""
         self.cfg = cfg
         rt = cfg.runtime
-        self.num_actors, self.chosen_by = choose_pool(cfg)
-        options = {
+        if pool is None:
+            pool = Pool(*choose_pool(cfg))
+        self.num_actors, self.chosen_by = pool.num_actors, pool.chosen_by
+        placement = pool.placement
+        options: dict[str, Any] = {
             "num_cpus": rt.num_cpus_per_actor,
             "num_gpus": rt.num_gpus_per_actor,
             "max_restarts": MAX_ATTEMPTS,  # a dead actor comes back; its batches are retried by us
             "max_task_retries": 0,
         }
+
+        def where(i: int) -> dict[str, Any]:
+            if placement is None:
+                return {}
+            return {"scheduling_strategy": PlacementGroupSchedulingStrategy(placement, i)}
+
         self.actors = [
-            ClientActor.options(**options).remote(cfg, f"actor-{i}")  # type: ignore[attr-defined]
+            ClientActor.options(**options, **where(i)).remote(cfg, f"actor-{i}")  # type: ignore[attr-defined]
             for i in range(self.num_actors)
         ]
         # the actors start now; the first call (initial_adapter) waits until every one is built,

@@ -2,7 +2,7 @@
 
 fedlora-ray run CONFIG.yaml [--out RUN_DIR] [--set a.b=value ...]
 fedlora-ray resume RUN_DIR [--set federation.rounds=N]   # continue from the newest checkpoint
-fedlora-ray fields            # every config field with its default and help
+fedlora-ray fields            # every config field with its default and help; registered names
 fedlora-ray report RUN_DIR|SWEEP_ROOT [...] [--out DIR]   # standard plots + summary.md
 fedlora-ray sweep SPEC.yaml --out ROOT [--seeds 0 1 2] [--set a.b=value ...]   # a grid of runs on Ray
 fedlora-ray compare SWEEP_ROOT|RUN_DIR [...] [--last K] [--target ACC]   # a table per group of runs
@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 from fedlora_ray.atomic_write import atomic_path
-from fedlora_ray.config import ConfigError, RunConfig, help_table, load_config
+from fedlora_ray.components import load_run_config, registered_names
+from fedlora_ray.config import ConfigError, RunConfig, help_table
 from fedlora_ray.storage import check_out, is_uri
 
 
@@ -40,7 +41,9 @@ def _parser() -> argparse.ArgumentParser:
         "--set", dest="overrides", action="append", default=[], metavar="federation.rounds=N",
         help="only federation.rounds may change: it extends the run",
     )  # fmt: skip
-    sub.add_parser("fields", help="list every config field with its default and help")
+    sub.add_parser(
+        "fields", help="list every config field with its default and help, and the registered names"
+    )
     ctl = sub.add_parser("control", help="no training: any scheme and controller (10k rounds in ~12 s)")
     ctl.add_argument("config", help="YAML config file")
     ctl.add_argument("--rounds", type=int, default=10_000)
@@ -118,16 +121,19 @@ def resume_command(run_dir: Path | str, overrides: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "fields":
+        registered = registered_names()  # the registries' names now, user-registered ones included
         for name, default, text in help_table():
             print(
                 f"{name} = {json.dumps(list(default) if isinstance(default, tuple) else default)}\n    {text}"
             )
+            if name in registered:
+                print(f"    registered: {', '.join(repr(n) for n in registered[name])}")
         return 0
     if args.command == "control":
         from fedlora_ray.control.controller_only import simulate_control
 
         try:
-            log = simulate_control(load_config(args.config, args.overrides), args.rounds)
+            log = simulate_control(load_run_config(args.config, args.overrides), args.rounds)
         except ConfigError as err:
             print(f"fedlora-ray: error: {err}", file=sys.stderr)
             return 2
@@ -173,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             out = args.run_dir
             summary = resume_command(out, args.overrides)
         else:
-            cfg = load_config(args.config, args.overrides)
+            cfg = load_run_config(args.config, args.overrides)
             out = args.out or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
             summary = run_command(cfg, out)
     except ConfigError as err:

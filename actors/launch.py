@@ -358,22 +358,27 @@ def run_on_ray(cfg: RunConfig, run_dir: str | Path | None, resume: bool = False)
             check_placement(sized)  # a local cluster never grows: fail now
         if cfg.runtime.progress:
             print(pool_line(cfg, count, how), flush=True)
-        pool = reserve_pool(sized)
-        if pool is not None:
-            remove_placement_group(pool)  # the actors now take its place (known to fit)
-        from actors.driver import DriverActor  # imports torch: only once the pool is known to fit
-
-        # The driver writes the run directory, so it lives on this (the submitting) node.
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        path = None if not run_dir else str(run_dir) if is_uri(str(run_dir)) else str(Path(run_dir).resolve())
-        restarts = cfg.runtime.driver_restarts if path else 0  # a restart resumes from the run directory
-        driver = DriverActor.options(  # type: ignore[attr-defined]
-            scheduling_strategy=here, max_restarts=restarts, max_task_retries=restarts
-        ).remote(cfg, path, resume)
+        pool = reserve_pool(sized)  # held for the run: the client actors live in its bundles
         try:
-            return ray.get(driver.run.remote())
+            from actors.backend import Pool
+            from actors.driver import DriverActor
+
+            # The driver writes the run directory, so it lives on this (the submitting) node.
+            here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+            path = None
+            if run_dir:
+                path = str(run_dir) if is_uri(str(run_dir)) else str(Path(run_dir).resolve())
+            restarts = cfg.runtime.driver_restarts if path else 0  # a restart resumes from the run directory
+            driver = DriverActor.options(  # type: ignore[attr-defined]
+                scheduling_strategy=here, max_restarts=restarts, max_task_retries=restarts
+            ).remote(cfg, path, resume, Pool(count, how, pool))
+            try:
+                return ray.get(driver.run.remote())
+            finally:
+                ray.kill(driver)
         finally:
-            ray.kill(driver)
+            if pool is not None:
+                remove_placement_group(pool)
     finally:
         if started:
             ray.shutdown()

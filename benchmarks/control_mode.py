@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fedlora_ray.config import load_config  # noqa: E402
+from fedlora_ray.components import load_run_config  # noqa: E402
 from fedlora_ray.control.controller_only import client_data, simulate_control, trained_head_entries  # noqa: E402
 from fedlora_ray.tasks import lora_module_dims  # noqa: E402
 
@@ -63,7 +63,7 @@ def main() -> None:
     for name, overrides in SCHEMES.items():
         load = os.getloadavg()[0]
         wall, cpu = cli_seconds(overrides, args.rounds)
-        cfg = load_config(str(CONFIG), overrides)
+        cfg = load_run_config(str(CONFIG), overrides)
         sizes, labels = client_data(cfg)
         dims, head = lora_module_dims(cfg.model), trained_head_entries(cfg, labels)
         start, cpu_start = time.perf_counter(), time.process_time()

@@ -52,7 +52,7 @@ for key, value in {
     os.environ.setdefault(key, value)
 
 from fedlora_ray.batched.loop import ClientWork, train_pass  # noqa: E402
-from fedlora_ray.config import load_config  # noqa: E402
+from fedlora_ray.components import load_run_config  # noqa: E402
 from fedlora_ray.lora import get_adapter, set_adapter  # noqa: E402
 from fedlora_ray.lora.model import TextClassifier, frozen_but_adapter, with_lora  # noqa: E402
 from fedlora_ray.tasks import model_family  # noqa: E402
@@ -69,7 +69,7 @@ WORK = {"step": (8, 8), "epoch": (50, 8)}  # examples per client, batch size
 def build(model: str, precision: str) -> tuple[torch.nn.Module, Any, Any]:
     """(model with LoRA and head, synthetic Batches, its config) on the CPU."""
     if model == "vit_b16":
-        cfg = load_config(None, [
+        cfg = load_run_config(None, [
             "model.name=vit_b16", "model.allow_random_init=true", "model.lora_rank=16",
             "model.lora_alpha=32", "model.lora_blocks=[0,3,6,9]", "data.dataset=cifar100",
             f"runtime.precision={precision}",
@@ -82,7 +82,9 @@ def build(model: str, precision: str) -> tuple[torch.nn.Module, Any, Any]:
         return family.build(cfg.model, LABELS, 0), data, cfg
     from transformers import BertConfig, BertModel
 
-    cfg = load_config(None, ["model.lora_rank=8", "model.lora_alpha=16", f"runtime.precision={precision}"])
+    cfg = load_run_config(
+        None, ["model.lora_rank=8", "model.lora_alpha=16", f"runtime.precision={precision}"]
+    )
     torch.manual_seed(0)
     minilm = BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
     encoder = BertModel(minilm)

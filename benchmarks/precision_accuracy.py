@@ -29,7 +29,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from safetensors.torch import load_file  # noqa: E402
 
 from fedlora_ray.algorithm.client import ClientTrainer  # noqa: E402
-from fedlora_ray.config import load_config, replace  # noqa: E402
+from fedlora_ray.components import load_run_config  # noqa: E402
+from fedlora_ray.config import replace  # noqa: E402
 from fedlora_ray.lora.adapter import Adapter  # noqa: E402
 
 
@@ -53,7 +54,7 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rows: list[dict[str, Any]] = []
     for run in map(Path, args.runs):
-        cfg = load_config(None, base=json.loads((run / "config.json").read_text()))
+        cfg = load_run_config(None, base=json.loads((run / "config.json").read_text()))
         row: dict[str, Any] = {"run": str(run), "model": cfg.model.name, "dataset": cfg.data.dataset}
         trainer = ClientTrainer(replace(cfg, "runtime.precision=fp32"), device)
         adapter = saved_adapter(run, trainer.initial_adapter())

@@ -40,10 +40,12 @@ for k, v in {
 
 from fedlora_ray.algorithm.run import FederatedRun  # noqa: E402
 from fedlora_ray.algorithm.sampling import client_seed, sample_clients  # noqa: E402
-from fedlora_ray.config import RunConfig, load_config  # noqa: E402
+from fedlora_ray.components import load_run_config  # noqa: E402
+from fedlora_ray.config import RunConfig  # noqa: E402
 from fedlora_ray.data import load_wordnet, partition_indices  # noqa: E402
-from fedlora_ray.lora import build_model, load_tokenizer  # noqa: E402
+from fedlora_ray.lora import load_tokenizer  # noqa: E402
 from fedlora_ray.serial import SerialBackend  # noqa: E402
+from fedlora_ray.tasks import model_family  # noqa: E402
 from fedlora_ray.tasks.bert import tokenize  # noqa: E402
 
 
@@ -56,7 +58,7 @@ class BareLoop:
         self.data = tokenize(load_tokenizer(cfg.model), train.texts, train.labels, cfg.model.max_length)
         fed = cfg.federation
         self.parts = partition_indices(train.labels, fed.num_clients, cfg.data, fed.seed)
-        self.model = build_model(cfg.model, len(train.label_names), fed.seed)
+        self.model = model_family(cfg.model.name).build(cfg.model, len(train.label_names), fed.seed)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.global_state = [p.detach().clone() for p in self.params]
         self.round = 0
@@ -110,9 +112,9 @@ def main() -> None:
     ]
 
     def cfg_for(*extra: str) -> RunConfig:
-        c = load_config(None, [*base, *extra])
+        c = load_run_config(None, [*base, *extra])
         # the last round is always evaluated; push it past the rounds we time
-        return load_config(None, [*base, *extra, f"federation.rounds={c.federation.rounds + 1}"])
+        return load_run_config(None, [*base, *extra, f"federation.rounds={c.federation.rounds + 1}"])
 
     # Every runtime stays alive and the rounds are interleaved (the order rotating each round),
     # so that the machine's drift hits all of them alike. The in-process runtimes share T

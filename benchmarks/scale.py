@@ -152,10 +152,10 @@ def child(n: int, overrides: list[str], out: Path, result: Path, real_rounds: in
     (with ``profile``) profiled."""
     register_synthetic(EXAMPLES_PER_CLIENT * n)
     from fedlora_ray.algorithm.run import FederatedRun
-    from fedlora_ray.config import load_config
+    from fedlora_ray.components import load_run_config
     from fedlora_ray.serial import SerialBackend
 
-    cfg = load_config(None, overrides)
+    cfg = load_run_config(None, overrides)
     marks: dict[str, float] = {"start_rss_mb": rss_mb()}
 
     def backend(cfg: Any) -> Replay:

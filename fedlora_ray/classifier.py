@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from fedlora_ray.config import RunConfig, load_config
+from fedlora_ray.components import load_run_config
+from fedlora_ray.config import RunConfig
 from fedlora_ray.lora.model import TextClassifier
 
 
@@ -79,7 +80,7 @@ def load_classifier(run_dir: str | Path, device: str | torch.device = "cpu") -> 
             f"{weights} not found: the run saved no adapter (it did not finish, or ran with "
             "log.save_adapter=false)"
         )
-    cfg = load_config(None, base=json.loads(config_file.read_text()))
+    cfg = load_run_config(None, base=json.loads(config_file.read_text()))
     labels = tuple(json.loads((adapter_dir / "labels.json").read_text()))
 
     model = model_family(cfg.model.name).build(cfg.model, len(labels), cfg.federation.seed)

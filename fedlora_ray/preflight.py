@@ -1,15 +1,19 @@
 """Checks of a run config against the base model and the data, before any work starts.
 
-``validate`` (fedlora_ray.config) checks each field on its own and the rules between fields;
-these checks need the base model's module names and shapes (read from a weightless copy on the
-meta device: no weights load) and the training split (WordNet glosses: a fraction of a
-second). ``check_run`` raises ConfigError naming the field, the value and what is allowed, so a
-bad run stops before Ray starts or any model is built.
+``validate_run_config`` (fedlora_ray.components) checks each field on its own, the rules
+between fields and each component's own rules; these checks need the base model's module names
+and shapes (read from a weightless copy on the meta device: no weights load) and the training
+split (WordNet glosses: a fraction of a second). ``check_run`` raises ConfigError naming the
+field, the value and what is allowed, so a bad run stops before Ray starts or any model is built.
 """
 
 from __future__ import annotations
 
-from fedlora_ray.config import ConfigError, DataConfig, RunConfig
+from fedlora_ray.config import ConfigError, RunConfig
+from fedlora_ray.control import controller_class
+from fedlora_ray.data import partition_indices
+from fedlora_ray.tasks import DATASETS, load_splits, model_family
+from fedlora_ray.tasks.base import targets
 
 _MAX_LISTED = 8  # allowed module names listed in a message
 
@@ -22,9 +26,6 @@ def check_run(cfg: RunConfig) -> None:
 
 def check_model(cfg: RunConfig) -> None:
     """model.target_modules name linear modules of the base model, and the LoRA rank fits them."""
-    from fedlora_ray.tasks import model_family
-    from fedlora_ray.tasks.base import targets
-
     model = cfg.model
     family = model_family(model.name)
     modules = family.linear_modules(model)
@@ -50,8 +51,6 @@ def check_model(cfg: RunConfig) -> None:
     limit = min(min(dk) for dk in targeted.values())
     # TSFA replaces model.lora_rank by its offline choice r* in 1..controller.max_rank (and its
     # pilot calibration trains at rank controller.max_rank), so max_rank is what must fit then.
-    from fedlora_ray.control import controller_class
-
     if controller_class(cfg.controller.kind).chooses_rank:
         field, rank = "controller.max_rank", cfg.controller.max_rank
     else:
@@ -69,9 +68,6 @@ def check_data(cfg: RunConfig) -> None:
     """The training split serves every client at least data.min_examples_per_client examples
     under the configured partition (docs/algorithms.md §8): the partition itself is drawn, from
     the labels only, and refuses with a ConfigError saying how many clients the data can serve."""
-    from fedlora_ray.data import partition_indices
-    from fedlora_ray.tasks import load_splits
-
     fed, data = cfg.federation, cfg.data
     try:
         train, _ = load_splits(data)
@@ -82,14 +78,5 @@ def check_data(cfg: RunConfig) -> None:
     try:
         partition_indices(train.labels, fed.num_clients, data, fed.seed)
     except ConfigError as err:  # the partition knows the counts; the dataset knows its size fields
-        more = _more_data_fields(data)
+        more = DATASETS[data.dataset].more_examples(data)
         raise ConfigError(f"{err} ({more})" if more else str(err)) from None
-
-
-def _more_data_fields(data: DataConfig) -> str:
-    """The fields that give the run more training examples, for the refusal message."""
-    if data.dataset == "wordnet":
-        return "data.per_class_cap, data.num_categories"
-    if data.train_per_class > 0:  # the datasets with fixed splits cap each class with it
-        return "data.train_per_class; 0 takes all"
-    return ""

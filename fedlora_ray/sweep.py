@@ -33,7 +33,8 @@ from typing import Any
 
 import yaml
 
-from fedlora_ray.config import ConfigError, RunConfig, load_config
+from fedlora_ray.components import load_run_config
+from fedlora_ray.config import ConfigError, RunConfig
 
 _SPEC_KEYS = {"name", "base", "set", "grid", "seeds", "run_name", "task", "max_concurrent"}
 RUNS_FILE = "runs.parquet"
@@ -60,7 +61,7 @@ class SweepSpec:
         """The run's whole config: base, the spec's ``set``, the run's values, then its id. A
         sweep's runs print no per-round lines unless ``set`` asks for them: the sweep prints its own."""
         overrides = ["runtime.progress=false", *self.fixed, *run.overrides, f"log.run_id={run.run_id}"]
-        return load_config(self.base, overrides)
+        return load_run_config(self.base, overrides)
 
     @property
     def varied(self) -> list[str]:

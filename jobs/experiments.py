@@ -247,7 +247,7 @@ def summarize_vtradeoff(out: Path) -> list[str]:
 
 def summarize_budget(out: Path) -> list[str]:
     """Controller only (no training): the delay budget over 10,000 rounds, per V."""
-    from fedlora_ray.config import load_config
+    from fedlora_ray.components import load_run_config
     from fedlora_ray.control.controller_only import simulate_uplink
 
     plt = _plot()
@@ -257,7 +257,7 @@ def summarize_budget(out: Path) -> list[str]:
              "| V | rank | mean upload delay (s) | last-1000 mean delay (s) | mean keep ratio | mean bound | final queue |",  # noqa: E501
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for v in (0.1, 1.0, 10.0, 100.0):
-        cfg = load_config(BASE, ["controller.kind=tsfa", "compression.method=soft", f"controller.V={v}"])
+        cfg = load_run_config(BASE, ["controller.kind=tsfa", "compression.method=soft", f"controller.V={v}"])
         df = simulate_uplink(cfg, 10_000)
         running = df["upload_delay_s"].cumsum() / df["round"]
         axes[0].plot(df["round"], df["queue"], label=f"V = {v:g}")

@@ -27,7 +27,8 @@ os.environ.update(
     HF_HUB_OFFLINE="1",
 )
 
-from fedlora_ray.config import RunConfig, load_config  # noqa: E402
+from fedlora_ray.components import load_run_config  # noqa: E402
+from fedlora_ray.config import RunConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -64,8 +65,9 @@ needs_timm = pytest.mark.skipif(
 
 
 def tiny_config(*overrides: str) -> RunConfig:
-    """A config on the tiny random model that trains a round in well under a second."""
-    return load_config(None, [*TINY, *overrides])
+    """A config on the tiny random model that trains a round in well under a second, checked as a
+    run's config is (the composition root's ``load_run_config``)."""
+    return load_run_config(None, [*TINY, *overrides])
 
 
 def free_port() -> int:

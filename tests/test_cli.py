@@ -95,6 +95,29 @@ def test_fields_lists_every_field_with_help(capsys):
     assert "federation.clients_per_round = 10" in text and "runtime.num_gpus_per_actor" in text
 
 
+def test_fields_lists_the_names_each_registry_holds(capsys):
+    from fedlora_ray.components import registered_names
+    from fedlora_ray.control import CONTROLLERS, register_controller
+    from fedlora_ray.control.fixed import Fixed
+
+    @register_controller
+    class Mine(Fixed):
+        name = "mine"
+
+    try:
+        assert main(["fields"]) == 0
+        text, registered = capsys.readouterr().out, registered_names()
+    finally:
+        del CONTROLLERS["mine"]
+    lines = text.splitlines()
+    for path, names in registered.items():
+        listed = lines[next(i for i, line in enumerate(lines) if line.startswith(f"{path} = ")) + 2]
+        assert listed == "    registered: " + ", ".join(repr(n) for n in names), path
+    for name in ("'vit_b16'", "'efficientnet_lite0'", "'distilbert'", "'minilm'", "'tiny'"):
+        assert name in text
+    assert "registered: 'equal', 'fixed', 'osfa', 'tsfa', 'finish', 'adaptive', 'mine'" in text
+
+
 def test_report_draws_the_standard_plots_from_several_runs(tmp_path, capsys):
     sets = [arg for item in TINY for arg in ("--set", item)]
     runs = []

@@ -1,16 +1,22 @@
-"""Config: YAML + overrides build one frozen tree; bad values stop the run with a clear error."""
+"""Config: YAML + overrides build one frozen tree; bad values stop the run with a clear error.
+
+``fedlora_ray.config`` checks what the config alone can tell; ``fedlora_ray.components``
+(``load_run_config``) also checks the component names and each component's own rules."""
 
 import dataclasses
+import subprocess
+import sys
 
 import pytest
 
+from fedlora_ray.components import load_run_config
 from fedlora_ray.config import ConfigError, RunConfig, help_table, load_config, parse_override, replace
 from fedlora_ray.preflight import check_run
 from tests.conftest import ROOT, tiny_config
 
 
 def test_defaults_are_valid_and_frozen():
-    cfg = load_config()
+    cfg = load_run_config()
     assert cfg == RunConfig()
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.federation.rounds = 3  # type: ignore[misc]
@@ -48,7 +54,38 @@ def test_every_field_has_help():
 
 def test_shipped_configs_are_valid():
     for path in sorted((ROOT / "jobs" / "configs").glob("**/*.yaml")):  # paper/ too
-        load_config(path)
+        load_run_config(path)
+
+
+def test_the_config_alone_is_plain_data_and_the_composition_root_checks_the_components():
+    # config knows no registry: any name passes its own rules, and WordNet's rules are WordNet's
+    cfg = load_config(None, ["controller.kind=nosuch", "data.wordnet_dir=/no/such/dir"])
+    assert cfg.controller.kind == "nosuch"
+    with pytest.raises(ConfigError, match="'controller.kind' = 'nosuch': allowed values are 'equal', 'fi"):
+        load_run_config(None, ["controller.kind=nosuch"])
+    with pytest.raises(ConfigError, match="'data.wordnet_dir' = '/no/such/dir': no data.noun"):
+        load_run_config(None, ["data.wordnet_dir=/no/such/dir"])
+    # WordNet's rules apply to WordNet only
+    assert load_run_config(None, ["data.dataset=ag_news", "data.categories=[dragons]"]).data.categories == (
+        "dragons",
+    )
+
+
+def test_loading_and_validating_a_config_imports_neither_torch_nor_transformers():
+    """The launcher checks a config in a fresh interpreter without the seconds and the hundreds
+    of MB that torch and transformers cost: the registries hold light entries."""
+    code = (
+        "import sys\n"
+        "from fedlora_ray.components import load_run_config, registered_names\n"
+        "load_run_config('jobs/configs/quickstart.yaml', ['controller.kind=tsfa', 'compression.method=soft'])"
+        "\n"
+        "load_run_config(None, ['data.dataset=cifar100', 'model.name=vit_b16', 'algorithm.kind=fslora'])\n"
+        "assert registered_names()['model.name']\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'peft', 'timm') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 BAD = [
@@ -82,7 +119,7 @@ BAD = [
 @pytest.mark.parametrize(("override", "field", "allowed"), BAD, ids=[b[0] for b in BAD])
 def test_bad_value_names_field_value_and_range(override, field, allowed):
     with pytest.raises(ConfigError) as err:
-        load_config(None, [override])
+        load_run_config(None, [override])
     message = str(err.value)
     assert f"'{field}'" in message
     assert allowed in message

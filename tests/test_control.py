@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from fedlora_ray.channel import Uplink
+from fedlora_ray.components import load_run_config
 from fedlora_ray.compress.bits import entry_bits, lora_entries
-from fedlora_ray.config import load_config
 from fedlora_ray.control.bound import bound, rank_term, sparsification_term
 from fedlora_ray.control.controller_only import simulate_uplink
 from fedlora_ray.control.online import objective, solve_cvxpy, solve_scalar
@@ -21,7 +21,7 @@ def _simulate(cfg, rounds):
 
 
 def _cfg(*overrides):
-    return load_config(None, ["controller.kind=tsfa", "compression.method=soft", *overrides])
+    return load_run_config(None, ["controller.kind=tsfa", "compression.method=soft", *overrides])
 
 
 def test_scalar_and_cvxpy_solvers_agree_on_many_draws():

@@ -12,10 +12,7 @@ import pytest
 import torch
 from conftest import tiny_config
 
-import fedlora_ray.algorithm.schemes.builtin  # noqa: F401  (fills the registries iterated below)
-import fedlora_ray.compress.methods  # noqa: F401
-import fedlora_ray.control.builtin  # noqa: F401
-from fedlora_ray.algorithm.schemes import SCHEMES, make_scheme
+from fedlora_ray.algorithm.schemes import SCHEMES, make_scheme, register_scheme
 from fedlora_ray.algorithm.schemes.base import LocalUpdate, Scheme
 from fedlora_ray.compress import COMPRESSORS, compressor
 from fedlora_ray.config import ConfigError
@@ -125,7 +122,7 @@ def test_a_scheme_without_a_payload_model_is_refused_by_name():
     class Silent(Scheme):
         name = "silent"
 
-    SCHEMES["silent"] = Silent
+    register_scheme(Silent)
     try:
         cfg = tiny_config("algorithm.kind=silent")
         with pytest.raises(ConfigError, match="'algorithm.kind' = 'silent'"):

@@ -9,6 +9,7 @@ import struct
 import numpy as np
 import pytest
 
+from fedlora_ray.components import load_run_config
 from fedlora_ray.config import ConfigError, load_config
 from fedlora_ray.tasks.fashion_mnist import LABEL_NAMES, fashion_mnist_splits, read_idx
 
@@ -63,9 +64,9 @@ def test_the_driver_reads_labels_only(tmp_path, monkeypatch):
     read = []
     real = fm.read_idx
     monkeypatch.setattr(fm, "read_idx", lambda path: read.append(path.name) or real(path))
-    cfg = load_config(None, ["data.dataset=fashion_mnist", f"data.root={root}", "data.test_per_class=2",
-                             "model.name=efficientnet_tiny",
-                             "federation.num_clients=10", "federation.clients_per_round=2"])  # fmt: skip
+    cfg = load_run_config(None, ["data.dataset=fashion_mnist", f"data.root={root}", "data.test_per_class=2",
+                                 "model.name=efficientnet_tiny",
+                                 "federation.num_clients=10", "federation.clients_per_round=2"])  # fmt: skip
     check_data(cfg)
     train, _ = load_splits(cfg.data)
     import torch

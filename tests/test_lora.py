@@ -10,15 +10,15 @@ from safetensors.torch import load_file
 
 from fedlora_ray.lora import build_model, get_adapter, save_adapter, set_adapter
 from fedlora_ray.lora.adapter import Adapter, lora_parameters
-from fedlora_ray.lora.model import MINILM_HUB_ID, base_model_id, build_encoder
-from fedlora_ray.tasks import lora_module_dims
+from fedlora_ray.lora.model import MINILM_HUB_ID, build_encoder
+from fedlora_ray.tasks import lora_module_dims, model_family
 from fedlora_ray.tasks.base import targets
 from tests.conftest import tiny_config
 
 
 def test_only_lora_and_head_train():
     cfg = tiny_config("model.target_modules=[query, value]")
-    model = build_model(cfg.model, 5, seed=0)
+    model = build_model(cfg.model, 5, seed=0, pretrained=False)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(("lora_" in n) or n.startswith("head.") for n in trainable)
     lora = lora_parameters(model)
@@ -29,21 +29,21 @@ def test_only_lora_and_head_train():
 
 
 def test_frozen_head_is_not_part_of_the_adapter():
-    model = build_model(tiny_config("model.train_head=false").model, 5, seed=0)
+    model = build_model(tiny_config("model.train_head=false").model, 5, seed=0, pretrained=False)
     assert get_adapter(model).head == {}
     assert not any(p.requires_grad for p in model.head.parameters())
 
 
 def test_init_is_a_function_of_the_seed():
     cfg = tiny_config().model
-    a, b, c = (get_adapter(build_model(cfg, 5, seed=s)) for s in (0, 0, 1))
+    a, b, c = (get_adapter(build_model(cfg, 5, seed=s, pretrained=False)) for s in (0, 0, 1))
     first = next(iter(a.lora))
     assert torch.equal(a.lora[first][1], b.lora[first][1])
     assert not torch.equal(a.lora[first][1], c.lora[first][1])
 
 
 def test_set_then_get_round_trips():
-    model = build_model(tiny_config().model, 5, seed=0)
+    model = build_model(tiny_config().model, 5, seed=0, pretrained=False)
     adapter = get_adapter(model)
     for bm, am in adapter.lora.values():
         bm.normal_()
@@ -57,14 +57,14 @@ def test_set_then_get_round_trips():
 
 def test_saved_adapter_loads_with_peft(tmp_path):
     cfg = tiny_config()
-    model = build_model(cfg.model, 5, seed=0)
+    model = build_model(cfg.model, 5, seed=0, pretrained=False)
     adapter = get_adapter(model)
     for bm, am in adapter.lora.values():
         bm.uniform_()
         am.uniform_()
     out = save_adapter(adapter, cfg.model, ("a", "b", "c", "d", "e"), tmp_path / "adapter")
     assert not (tmp_path / "adapter.tmp").exists()
-    loaded = PeftModel.from_pretrained(build_encoder(cfg.model, seed=0), str(out))
+    loaded = PeftModel.from_pretrained(build_encoder(cfg.model, seed=0, pretrained=False), str(out))
     params = dict(loaded.named_parameters())
     for module, (bm, am) in adapter.lora.items():
         assert torch.equal(params[f"base_model.model.{module}.lora_B.default.weight"], bm)
@@ -74,10 +74,15 @@ def test_saved_adapter_loads_with_peft(tmp_path):
 
 
 def test_adapter_config_names_the_hub_model_not_a_local_path(tmp_path):
-    assert base_model_id(tiny_config("model.name=minilm").model) == MINILM_HUB_ID
+    # pretrained or not is the family's fact, not a test of its name
+    assert model_family("minilm").hub_id(tiny_config("model.name=minilm").model) == MINILM_HUB_ID
+    assert model_family("tiny").hub_id(tiny_config().model) == "tiny-bert-h64-l2"
     cfg = tiny_config()
     out = save_adapter(
-        get_adapter(build_model(cfg.model, 5, seed=0)), cfg.model, tuple("abcde"), tmp_path / "a"
+        get_adapter(build_model(cfg.model, 5, seed=0, pretrained=False)),
+        cfg.model,
+        tuple("abcde"),
+        tmp_path / "a",
     )
     assert (
         json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == "tiny-bert-h64-l2"
@@ -97,7 +102,7 @@ def test_building_the_model_prints_no_warnings_or_progress_bars():
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        build_model(tiny_config().model, 5, seed=0)
+        build_model(tiny_config().model, 5, seed=0, pretrained=False)
     assert not [w for w in caught if issubclass(w.category, FutureWarning)], [str(w.message) for w in caught]
     assert not hf_logging.is_progress_bar_enabled()
     assert hf_logging.get_verbosity() == hf_logging.ERROR
@@ -125,9 +130,9 @@ def test_load_classifier_from_a_run_directory(tmp_path):
         for key in saved if key.endswith(".lora_B.weight")
     }  # fmt: skip
     head = load_file(str(run_dir / "adapter" / "classifier.safetensors"))
-    reference = build_model(cfg.model, len(labels), cfg.federation.seed)
+    reference = build_model(cfg.model, len(labels), cfg.federation.seed, pretrained=False)
     set_adapter(reference, Adapter(lora, head))
-    initial = get_adapter(build_model(cfg.model, len(labels), cfg.federation.seed))
+    initial = get_adapter(build_model(cfg.model, len(labels), cfg.federation.seed, pretrained=False))
     first = next(iter(lora))
     assert not torch.equal(lora[first][0], initial.lora[first][0])  # the run did train B
 

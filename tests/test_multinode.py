@@ -34,7 +34,7 @@ import pandas as pd
 import pytest
 from safetensors.torch import load_file
 
-from fedlora_ray.config import load_config
+from fedlora_ray.components import load_run_config
 from fedlora_ray.serial import run_serial
 from tests.conftest import ROOT, TINY, free_port, ray_bin, wait_for
 
@@ -185,7 +185,7 @@ def test_actors_on_two_nodes_give_the_serial_numbers(tmp_path):
     env.update(PATH=f"{BIN}:{env['PATH']}", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="1")  # see the docstring
     with two_node_cluster(env, tmp_path) as cluster:
         poll = cluster.count_nodes(2)
-        run_serial(load_config(config, JOB), tmp_path / "serial")  # while the second node joins
+        run_serial(load_run_config(config, JOB), tmp_path / "serial")  # while the second node joins
         nodes = cluster.alive_nodes(poll)
         role = {node: ROLES[r] for node, info in nodes.items() for r in info["resources"] if r in ROLES}
         assert sorted(role.values()) == ["head", "second"], nodes

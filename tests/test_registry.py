@@ -1,17 +1,28 @@
 """Schemes, compressors and controllers are looked up by name: a new one is a class and one
-registration, with no change to the round or the existing files."""
+registration, with no change to the round or the existing files. A registered one is chosen
+from a config as a built-in is: the composition root checks its name against the registry and
+asks it to check its own fields."""
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from fedlora_ray.algorithm.run import FederatedRun
 from fedlora_ray.algorithm.schemes import SCHEMES, register_scheme
 from fedlora_ray.algorithm.schemes.fedavg import FedAvg
-from fedlora_ray.config import ConfigError
-from fedlora_ray.serial import SerialBackend
-from tests.conftest import tiny_config
+from fedlora_ray.components import load_run_config, registered_names
+from fedlora_ray.compress import COMPRESSORS, module_budget, register_compressor
+from fedlora_ray.compress.base import PerModule
+from fedlora_ray.config import ConfigError, RunConfig
+from fedlora_ray.control import CONTROLLERS, register_controller
+from fedlora_ray.control.base import ControllerState
+from fedlora_ray.control.equal import Equal
+from fedlora_ray.serial import SerialBackend, run_serial
+from fedlora_ray.tasks import lora_module_dims
+from tests.conftest import TINY, tiny_config
 
 
 def test_a_registered_scheme_runs_without_touching_existing_files():
@@ -30,6 +41,8 @@ def test_a_registered_scheme_runs_without_touching_existing_files():
     try:
         with pytest.raises(ConfigError, match="allowed values are .*'halfstep'"):
             tiny_config("algorithm.kind=nosuch")
+        # its rules are its class's: FedAvg's, any compressor goes
+        assert tiny_config("algorithm.kind=halfstep", "compression.method=soft").algorithm.kind == "halfstep"
         runs = {}
         for kind in ("fedavg", "halfstep"):
             cfg = tiny_config(f"algorithm.kind={kind}", "federation.rounds=1")
@@ -64,3 +77,69 @@ def test_the_round_holds_no_scheme_branch():
         ["grep", "-rEn", "(kind|method) ==", "fedlora_ray"], cwd=ROOT, capture_output=True, text=True
     ).stdout.splitlines()
     assert len(found) <= 5 and all(line.startswith("fedlora_ray/config/") for line in found), found
+
+
+def _first_positions(ub, ua, budget, local_b, local_a, cfg, gen):
+    """A toy sparsifier: the first K_m positions of [vec(U_B); vec(U_A)] (all of B's first rows)."""
+    return torch.arange(budget)
+
+
+def _needs_error_feedback(cfg: RunConfig) -> None:
+    if not cfg.compression.error_feedback:
+        raise ConfigError("config field 'compression.error_feedback' = False: method 'firstk' needs it")
+
+
+def test_a_registered_compressor_is_chosen_from_a_config_and_runs(tmp_path):
+    register_compressor("firstk", PerModule(_first_positions), validate=_needs_error_feedback)
+    try:
+        assert "firstk" in registered_names()["compression.method"]
+        with pytest.raises(ConfigError, match="'compression.error_feedback' = False: method 'firstk'"):
+            tiny_config("compression.method=firstk", "compression.error_feedback=false")
+        cfg = tiny_config("compression.method=firstk", "compression.keep_ratio=0.25", "federation.rounds=1")
+        run_serial(cfg, tmp_path / "run")
+        clients = pd.read_parquet(tmp_path / "run" / "clients.parquet")
+        budget = sum(module_budget(0.25, d, k, cfg.model.lora_rank) for d, k in lora_module_dims(cfg.model))
+        assert clients["kept_entries"].tolist() == [budget] * 3
+    finally:
+        del COMPRESSORS["firstk"]
+
+
+class HalfRho(Equal):
+    """The equal split, at half the configured keep ratio; it needs a sparsifier, as osfa does."""
+
+    name = "halfrho"
+
+    @classmethod
+    def validate(cls, cfg: RunConfig) -> None:
+        if cfg.compression.method == "none":
+            raise ConfigError("config field 'controller.kind' = 'halfrho': it halves a keep ratio")
+
+    def keep_ratio(self, state: ControllerState, snr: np.ndarray) -> float:
+        return 0.5 * self.fixed_rho
+
+
+def test_a_registered_controller_is_chosen_from_a_config_and_runs(tmp_path):
+    register_controller(HalfRho)
+    try:
+        assert "halfrho" in registered_names()["controller.kind"]
+        with pytest.raises(ConfigError, match="'controller.kind' = 'halfrho': it halves"):
+            tiny_config("controller.kind=halfrho")
+        cfg = tiny_config(
+            "controller.kind=halfrho", "compression.method=soft", "compression.keep_ratio=0.4",
+            "federation.rounds=1",
+        )  # fmt: skip
+        run_serial(cfg, tmp_path / "run")
+        rounds = pd.read_parquet(tmp_path / "run" / "rounds.parquet")
+        assert rounds["keep_ratio"].tolist() == [pytest.approx(0.2)]
+    finally:
+        del CONTROLLERS["halfrho"]
+
+
+def test_load_run_config_checks_every_registered_name_as_the_tiny_config_does():
+    names = registered_names()
+    assert set(names) == {
+        "data.dataset", "model.name", "algorithm.kind", "compression.method", "controller.kind",
+    }  # fmt: skip
+    for path, registered in names.items():
+        with pytest.raises(ConfigError, match=f"'{path}' = 'nosuch': allowed values are {registered[0]!r}"):
+            load_run_config(None, [*TINY, f"{path}=nosuch"])

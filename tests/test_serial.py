@@ -54,7 +54,9 @@ def test_training_lowers_the_loss(finished):
 
 def test_final_adapter_loads_with_peft_and_equals_the_global_one(finished):
     cfg, out, run, _ = finished
-    loaded = PeftModel.from_pretrained(build_encoder(cfg.model, cfg.federation.seed), str(out / "adapter"))
+    loaded = PeftModel.from_pretrained(
+        build_encoder(cfg.model, cfg.federation.seed, pretrained=False), str(out / "adapter")
+    )
     params = dict(loaded.named_parameters())
     for module, (b, a) in run.global_adapter.lora.items():
         assert torch.equal(params[f"base_model.model.{module}.lora_B.default.weight"], b)

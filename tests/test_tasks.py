@@ -10,10 +10,18 @@ import pytest
 import torch
 from torch import nn
 
-from fedlora_ray.config import ConfigError, ModelConfig
+from fedlora_ray.config import ConfigError, ModelConfig, RunConfig
 from fedlora_ray.serial import run_serial
-from fedlora_ray.tasks import DATASETS, MODELS, ModelFamily, Split, register_dataset, register_model
-from tests.conftest import ROOT, tiny_config
+from fedlora_ray.tasks import (
+    DATASETS,
+    MODELS,
+    ModelFamily,
+    Split,
+    model_family,
+    register_dataset,
+    register_model,
+)  # fmt: skip
+from tests.conftest import ROOT, _timm_importable, tiny_config
 
 
 class _Points:
@@ -79,10 +87,18 @@ def _blobs(cfg):
     )
 
 
+def _blobs_rules(cfg: RunConfig) -> None:
+    """The dataset's own rule, asked of every config that names it."""
+    if cfg.data.train_per_class > 150:
+        raise ConfigError(f"config field 'data.train_per_class' = {cfg.data.train_per_class}: blobs has 150")
+
+
 def test_a_new_task_is_a_registration_and_learns(tmp_path):
-    register_dataset("blobs", "points")(_blobs)
+    register_dataset("blobs", "points", validate=_blobs_rules)(_blobs)
     register_model("points_mlp", PointsFamily())
     try:
+        with pytest.raises(ConfigError, match="'data.train_per_class' = 200: blobs has 150"):
+            tiny_config("data.dataset=blobs", "model.name=points_mlp", "data.train_per_class=200")
         cfg = tiny_config(
             "data.dataset=blobs", "model.name=points_mlp", "model.target_modules=[proj]",
             "federation.rounds=4", "federation.local_epochs=3", "federation.lr=0.02",
@@ -94,6 +110,16 @@ def test_a_new_task_is_a_registration_and_learns(tmp_path):
     finally:
         DATASETS.pop("blobs", None)
         MODELS.pop("points_mlp", None)
+
+
+def test_each_built_in_model_entry_states_its_familys_modality():
+    """MODELS holds light entries (no torch); each one's modality is the family's own."""
+    vision = {"vit_b16", "vit_tiny", "efficientnet_lite0", "efficientnet_tiny"}
+    for name, spec in MODELS.items():
+        if name in vision and not _timm_importable():
+            continue
+        assert model_family(name).modality == spec.modality, name
+        assert model_family(name) is model_family(name)  # one family object per process
 
 
 def test_unknown_task_names_are_refused_with_the_registered_ones():

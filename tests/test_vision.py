@@ -23,7 +23,7 @@ from fedlora_ray.config import ConfigError, ModelConfig, load_config
 from fedlora_ray.lora.adapter import lora_parameters
 from fedlora_ray.preflight import check_run
 from fedlora_ray.serial import run_serial
-from fedlora_ray.tasks import MODELS, Split, load_splits, lora_module_dims
+from fedlora_ray.tasks import Split, load_splits, lora_module_dims, model_family
 from fedlora_ray.tasks.cifar100 import cifar100_splits
 from fedlora_ray.tasks.vit import IMAGENET_MEAN, IMAGENET_STD, VisionClassifier, VitFamily
 from tests.conftest import ROOT, needs_timm, tiny_config
@@ -135,7 +135,7 @@ def _split(images: np.ndarray) -> Split:
 def test_a_batch_is_resized_and_normalised_on_the_device():
     images = np.stack([np.full((3, 32, 32), v, dtype=np.uint8) for v in (0, 51, 255)])
     images.setflags(write=False)
-    data = MODELS["vit_tiny"].prepare(ModelConfig(name="vit_tiny"), _split(images))
+    data = model_family("vit_tiny").prepare(ModelConfig(name="vit_tiny"), _split(images))
     assert data.images.dtype == torch.uint8 and data.images.shape == (3, 3, 32, 32)  # one tensor
     (x,), y = data.batch(torch.tensor([2, 1]), torch.device("cpu"))
     assert x.shape == (2, 3, 32, 32) and x.dtype == torch.float32 and y.tolist() == [2, 1]
@@ -144,17 +144,17 @@ def test_a_batch_is_resized_and_normalised_on_the_device():
         x[0, :, 5, 7], (1 - mean) / std
     )
     assert data.eval_order().tolist() == [0, 1, 2]
-    big = MODELS["vit_tiny"].prepare(ModelConfig(name="vit_tiny", image_size=48), _split(images))
+    big = model_family("vit_tiny").prepare(ModelConfig(name="vit_tiny", image_size=48), _split(images))
     (x48,), _ = big.batch(torch.tensor([1]), torch.device("cpu"))
     assert x48.shape == (1, 3, 48, 48) and torch.allclose(x48[0, :, 20, 30], (0.2 - mean) / std)
     grey = np.full((2, 1, 28, 28), 255, dtype=np.uint8)  # Fashion-MNIST's shape
     (xg,), _ = (
-        MODELS["vit_tiny"]
+        model_family("vit_tiny")
         .prepare(ModelConfig(name="vit_tiny"), _split(grey))
         .batch(torch.tensor([0]), torch.device("cpu"))
     )
     assert xg.shape == (1, 3, 32, 32) and torch.allclose(xg[0, :, 3, 3], (1 - mean) / std)
-    b16 = MODELS["vit_b16"].prepare(ModelConfig(name="vit_b16"), _split(images))
+    b16 = model_family("vit_b16").prepare(ModelConfig(name="vit_b16"), _split(images))
     (xb,), _ = b16.batch(torch.tensor([1]), torch.device("cpu"))
     assert xb.shape == (1, 3, 224, 224) and torch.allclose(
         xb[0, :, 0, 0], torch.full((3,), (0.2 - 0.5) / 0.5)
@@ -170,7 +170,7 @@ def _trainable(model: torch.nn.Module) -> set[str]:
 @pytest.mark.parametrize("on_proj", [False, True])
 def test_lora_only_on_the_chosen_blocks(on_proj: bool):
     cfg = ModelConfig(name="vit_tiny", lora_rank=4, lora_blocks=(0, 2), lora_on_proj=on_proj)
-    model = MODELS["vit_tiny"].build(cfg, FINE, seed=3)
+    model = model_family("vit_tiny").build(cfg, FINE, seed=3)
     assert isinstance(model, VisionClassifier) and not model.training
     wanted = ["blocks.0.attn.qkv", "blocks.2.attn.qkv"]
     if on_proj:
@@ -180,9 +180,9 @@ def test_lora_only_on_the_chosen_blocks(on_proj: bool):
     assert _trainable(model) == lora | {"head.weight", "head.bias"}
     b, a = lora_parameters(model)["blocks.0.attn.qkv"]
     assert b.shape == (96, 4) and a.shape == (4, 32) and not b.any()  # B starts at zero
-    again = MODELS["vit_tiny"].build(cfg, FINE, seed=3)
+    again = model_family("vit_tiny").build(cfg, FINE, seed=3)
     assert all(torch.equal(p, q) for p, q in zip(model.state_dict().values(), again.state_dict().values()))
-    frozen = MODELS["vit_tiny"].build(ModelConfig(name="vit_tiny", train_head=False), FINE, seed=3)
+    frozen = model_family("vit_tiny").build(ModelConfig(name="vit_tiny", train_head=False), FINE, seed=3)
     assert not any(p.requires_grad for p in frozen.head.parameters())
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, FINE)
 
@@ -241,7 +241,7 @@ def test_vit_b16_without_weights_is_refused_before_building(monkeypatch):
         raise AssertionError("a model was built")
 
     monkeypatch.setattr(VitFamily, "_create", no_model)
-    family = MODELS["vit_b16"]
+    family = model_family("vit_b16")
     with pytest.raises(ConfigError, match=r"'model.weights' = '': .*model.allow_random_init = false"):
         family.build(ModelConfig(name="vit_b16"), FINE, seed=0)
     with pytest.raises(ConfigError, match="'model.weights'.*allow_random_init"):
@@ -253,9 +253,9 @@ def test_vit_b16_without_weights_is_refused_before_building(monkeypatch):
 @needs_timm
 def test_vit_b16_builds_with_random_init():
     cfg = ModelConfig(name="vit_b16", allow_random_init=True, lora_rank=4)
-    model = MODELS["vit_b16"].build(cfg, FINE, seed=0)
+    model = model_family("vit_b16").build(cfg, FINE, seed=0)
     assert list(lora_parameters(model)) == [f"blocks.{i}.attn.qkv" for i in (0, 3, 6, 9)]
-    assert model.head.in_features == 768 and MODELS["vit_b16"].hub_id(cfg).endswith("-random-init")
+    assert model.head.in_features == 768 and model_family("vit_b16").hub_id(cfg).endswith("-random-init")
     assert lora_parameters(model)["blocks.9.attn.qkv"][1].shape == (4, 768)
 
 

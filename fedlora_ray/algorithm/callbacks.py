@@ -8,17 +8,36 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from fedlora_ray.algorithm.state import RunState
-from fedlora_ray.rundir import save_checkpoint
+from fedlora_ray.algorithm.backend import Backend
+from fedlora_ray.algorithm.state import RunContext, RunState
+from fedlora_ray.config import RunConfig
+from fedlora_ray.rundir import RunLog, save_checkpoint
 from fedlora_ray.rundir.checkpoint import checkpoint_round, checkpoints
 
-if TYPE_CHECKING:
-    from fedlora_ray.algorithm.run import FederatedRun
+
+class RunView(Protocol):
+    """What a callback reads of the run that calls it (a ``FederatedRun``). Named here, rather
+    than importing the run, because the run imports its callbacks."""
+
+    @property
+    def cfg(self) -> RunConfig: ...
+
+    @property
+    def backend(self) -> Backend: ...
+
+    @property
+    def ctx(self) -> RunContext: ...
+
+    @property
+    def state(self) -> RunState: ...
+
+    @property
+    def log(self) -> RunLog | None: ...
 
 
 class DivergenceError(RuntimeError):
@@ -30,11 +49,11 @@ class Callback:
     the columns of rounds.parquet and clients.parquet)."""
 
     def on_round_end(
-        self, run: FederatedRun, state: RunState, row: dict[str, Any], client_rows: list[dict[str, Any]]
+        self, run: RunView, state: RunState, row: dict[str, Any], client_rows: list[dict[str, Any]]
     ) -> None:  # noqa: E501
         pass
 
-    def on_run_end(self, run: FederatedRun, state: RunState, summary: dict[str, Any]) -> None:
+    def on_run_end(self, run: RunView, state: RunState, summary: dict[str, Any]) -> None:
         pass
 
 
@@ -130,7 +149,7 @@ class Progress(Callback):
         self.write(format_progress(row, run.cfg.federation.rounds))
 
 
-def describe_plan(run: FederatedRun) -> str:
+def describe_plan(run: RunView) -> str:
     """One line on the adaptive controller's plan for the run."""
     state, problem = run.state.controller, run.ctx.controller.problem
     assert problem is not None

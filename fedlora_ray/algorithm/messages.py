@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedlora_ray.compress import ModulePayload
+from fedlora_ray.compress.base import ModulePayload
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,8 @@ from fedlora_ray.algorithm.callbacks import (
 from fedlora_ray.algorithm.client_store import CLIENT_STORE_DIR, ClientStore
 from fedlora_ray.algorithm.round import round_step
 from fedlora_ray.algorithm.state import RunState, build_context, initial_state
-from fedlora_ray.config import ConfigError, RunConfig, load_config, parse_override, replace
+from fedlora_ray.components import load_run_config
+from fedlora_ray.config import ConfigError, RunConfig, parse_override
 from fedlora_ray.control import controller_class
 from fedlora_ray.rundir import RunLog, latest_checkpoint, load_checkpoint
 from fedlora_ray.rundir.checkpoint import checkpoint_round, checkpoints
@@ -44,12 +45,13 @@ def _print_flush(line: str) -> None:
 
 
 def resume_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
-    """The run directory's config, which is authoritative. Only ``federation.rounds`` may be set
-    (to extend a run); any other override is refused."""
+    """The run directory's config, which is authoritative, checked as every run's is
+    (``load_run_config``). Only ``federation.rounds`` may be set (to extend a run); any other
+    override is refused."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise ConfigError(f"{str(run_dir)!r} is not a run directory (no config.json)")
-    cfg = load_config(None, base=json.loads(path.read_text()))
+    cfg = load_run_config(None, base=json.loads(path.read_text()))
     for text in overrides:
         keys, _ = parse_override(text)
         if ".".join(keys) != "federation.rounds":
@@ -57,7 +59,7 @@ def resume_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> RunConf
                 f"override {text!r}: a resumed run keeps the config in {path}; only "
                 "federation.rounds may change (to extend the run). Start a new run for other settings"
             )
-    new = replace(cfg, *overrides) if overrides else cfg
+    new = load_run_config(None, overrides, base=cfg.to_dict()) if overrides else cfg
     ckpt = latest_checkpoint(run_dir)
     done = checkpoint_round(ckpt) if ckpt else 0
     if new.federation.rounds < done:

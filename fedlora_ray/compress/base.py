@@ -1,8 +1,9 @@
 """The compressor interface: budget, payload, bits and distortion, shared by every method.
 
 A compressor turns a client's error-compensated update into what it sends. ``COMPRESSORS``
-maps each ``compression.method`` to one; the sparsifiers (SOFT and the baselines) pick
-positions module by module with a ``Selector``, and ``none`` (ILoRA) sends everything.
+(``fedlora_ray.compress.registry``) maps each ``compression.method`` to a light entry that
+builds one; the sparsifiers (SOFT and the baselines) pick positions module by module with a
+``Selector``, and ``none`` (ILoRA) sends everything.
 """
 
 from __future__ import annotations
@@ -61,15 +62,6 @@ class Compressor(Protocol):
     # one module's (entries, bits) at keep ratio rho without an update to compress, for
     # controller-only mode: (d, k, r, components, rho, value_bits) -> (entries, bits)
     module_upload: ModuleUpload
-
-
-COMPRESSORS: dict[str, Compressor] = {}
-
-
-def register_compressor(name: str, compressor: Compressor) -> Compressor:
-    """Make ``compression.method: name`` available."""
-    COMPRESSORS[name] = compressor
-    return compressor
 
 
 def flat(ub: torch.Tensor, ua: torch.Tensor) -> torch.Tensor:
@@ -148,12 +140,6 @@ class PerModule:
             total += sq
             err += sq - float(value.double().square().sum())
         return Compressed(payload, kept, bits, err / total if total > 0 else 0.0)
-
-
-def compressor(method: str) -> Compressor:
-    import fedlora_ray.compress.methods  # noqa: F401  (registers the built-in methods)
-
-    return COMPRESSORS[method]
 
 
 def dense_update(

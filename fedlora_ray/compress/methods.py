@@ -1,13 +1,45 @@
-"""The built-in ``compression.method`` registry entries: ILoRA (none), SOFT and the baselines."""
+"""The built-in ``compression.method`` registry entries: ILoRA (none), SOFT and the baselines
+[docs/algorithms.md §2-3].
+
+Each entry is light: whether the method is dense, and how to build it. The selectors and the
+compressor classes import torch, so each is imported when a scheme first builds its method,
+never when a config is checked.
+"""
 
 from __future__ import annotations
 
-from fedlora_ray.compress import fedlodrop, flasc, lowest_ranks, rlora, soft
-from fedlora_ray.compress.base import Dense, PerModule, register_compressor
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-register_compressor("none", Dense())
-register_compressor("soft", PerModule(soft.select, orthogonal=True))
-register_compressor("flasc", flasc.Flasc())
-register_compressor("rlora", PerModule(rlora.select))
-register_compressor("hetlora", PerModule(lowest_ranks.select))
-register_compressor("fedlodrop", PerModule(fedlodrop.select, whole_components=True))
+from fedlora_ray.compress.registry import COMPRESSORS, CompressorSpec
+
+if TYPE_CHECKING:
+    from fedlora_ray.compress.base import Compressor
+
+
+@functools.cache  # one compressor object per method and process, as when the registry held them
+def _build(method: str) -> Compressor:
+    from fedlora_ray.compress import fedlodrop, flasc, lowest_ranks, rlora, soft
+    from fedlora_ray.compress.base import Dense, PerModule
+
+    makers: dict[str, Callable[[], Compressor]] = {
+        "none": Dense,
+        "soft": lambda: PerModule(soft.select, orthogonal=True),
+        "flasc": flasc.Flasc,
+        "rlora": lambda: PerModule(rlora.select),
+        "hetlora": lambda: PerModule(lowest_ranks.select),
+        "fedlodrop": lambda: PerModule(fedlodrop.select, whole_components=True),
+    }
+    return makers[method]()
+
+
+COMPRESSORS.update(
+    {
+        "none": CompressorSpec(dense=True, build=functools.partial(_build, "none")),
+        **{
+            method: CompressorSpec(dense=False, build=functools.partial(_build, method))
+            for method in ("soft", "flasc", "rlora", "hetlora", "fedlodrop")
+        },
+    }
+)

@@ -3,10 +3,13 @@
 Every field carries help text and, where it has one, its allowed range in ``metadata``; the
 loader rejects unknown keys, wrong types and out-of-range values with a message that names the
 field, the value and what is allowed, before any work starts.
+
+Plain data at the bottom of the package: it imports only the standard library and PyYAML. The
+rules that need a component (its name in a registry, its own fields) are
+``fedlora_ray.components``', which loads a run's config through this package.
 """
 
 from fedlora_ray.config.fields import (
-    WORDNET_NOUN_CATEGORIES,
     AlgorithmConfig,
     ChannelConfig,
     CheckpointConfig,
@@ -23,6 +26,7 @@ from fedlora_ray.config.fields import (
     fld,
 )
 from fedlora_ray.config.loading import (
+    allowed_values,
     help_table,
     load_config,
     parse_override,
@@ -46,7 +50,7 @@ __all__ = [
     "RunConfig",
     "RuntimeConfig",
     "SamplingConfig",
-    "WORDNET_NOUN_CATEGORIES",
+    "allowed_values",
     "fld",
     "help_table",
     "load_config",

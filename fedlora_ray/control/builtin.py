@@ -1,3 +1,6 @@
-"""Registers the built-in controllers: importing this module fills ``CONTROLLERS``."""
+"""Registers the built-in controllers: importing this module fills ``CONTROLLERS``, in the
+order of the imports below, which is the order config errors list them in."""
 
-from fedlora_ray.control import adaptive_sampling, equal, finish, fixed, osfa, tsfa  # noqa: F401
+# isort: off
+from fedlora_ray.control import equal, fixed, osfa, tsfa, finish, adaptive_sampling  # noqa: F401
+# isort: on

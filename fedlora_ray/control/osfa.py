@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedlora_ray.compress.registry import compressor_spec
 from fedlora_ray.config import ConfigError, RunConfig
 from fedlora_ray.control import online
 from fedlora_ray.control.base import Controller, ControllerState, register_controller
@@ -20,9 +21,7 @@ class OSFA(Controller):
 
     @classmethod
     def validate(cls, cfg: RunConfig) -> None:
-        from fedlora_ray.compress import compressor
-
-        if compressor(cfg.compression.method).dense:
+        if compressor_spec(cfg.compression.method).dense:
             raise ConfigError(
                 f"config field 'controller.kind' = {cfg.controller.kind!r}: it sets the keep ratio, so "
                 f"compression.method must be a sparsifier (e.g. 'soft'), not {cfg.compression.method!r}"

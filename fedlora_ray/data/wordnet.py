@@ -14,12 +14,50 @@ from pathlib import Path
 
 import numpy as np
 
-from fedlora_ray.config import WORDNET_NOUN_CATEGORIES, DataConfig
+from fedlora_ray.config import ConfigError, DataConfig, RunConfig
 from fedlora_ray.data.text import TextDataset
+
+WORDNET_NOUN_CATEGORIES = (
+    "Tops", "act", "animal", "artifact", "attribute", "body", "cognition", "communication",
+    "event", "feeling", "food", "group", "location", "motive", "object", "person",
+    "phenomenon", "plant", "possession", "process", "quantity", "relation", "shape", "state",
+    "substance", "time",
+)  # fmt: skip
 
 # lex_filenum 03 is noun.Tops, 04 noun.act, ... 28 noun.time (lexnames(5WN)).
 _FIRST_NOUN_LEXFILE = 3
 _QUOTED = re.compile(r'"[^"]*"')
+
+
+def validate_config(cfg: RunConfig) -> None:
+    """WordNet's own rules on the data section, checked for every config that names
+    ``data.dataset: wordnet`` (the task's validate hook): the categories exist and are distinct,
+    enough of them are given, training data remains after the test split, and data.noun is
+    where ``data.wordnet_dir`` says."""
+    data = cfg.data
+    for i, cat in enumerate(data.categories):
+        if cat not in WORDNET_NOUN_CATEGORIES:
+            raise ConfigError(
+                f"config field 'data.categories[{i}]' = {cat!r}: allowed values are the WordNet "
+                f"noun categories {', '.join(WORDNET_NOUN_CATEGORIES)}"
+            )
+    if data.num_categories > len(data.categories):
+        raise ConfigError(
+            f"config field 'data.num_categories' = {data.num_categories}: must be <= the "
+            f"{len(data.categories)} entries of data.categories"
+        )
+    if len(set(data.categories)) != len(data.categories):
+        raise ConfigError(f"config field 'data.categories' = {list(data.categories)}: repeats a name")
+    if data.test_per_class >= data.per_class_cap:
+        raise ConfigError(
+            f"config field 'data.test_per_class' = {data.test_per_class}: must be < "
+            f"data.per_class_cap ({data.per_class_cap}) so that training data remains"
+        )
+    if not (Path(data.wordnet_dir) / "data.noun").is_file():
+        raise ConfigError(
+            f"config field 'data.wordnet_dir' = {data.wordnet_dir!r}: no data.noun there "
+            "(install Debian's wordnet-base, or point this at a WordNet 3.0 dict folder)"
+        )
 
 
 def clean_gloss(gloss: str) -> str:

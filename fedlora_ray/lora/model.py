@@ -44,18 +44,19 @@ def load_tokenizer(cfg: ModelConfig):  # type: ignore[no-untyped-def]
     return AutoTokenizer.from_pretrained(_minilm_path())
 
 
-def base_model_id(cfg: ModelConfig) -> str:
+def base_model_id(cfg: ModelConfig, *, pretrained: bool) -> str:
     """What ``adapter_config.json`` records as the base model: MiniLM's hub id (not the local
-    path of this machine's copy), or the tiny model's synthetic name."""
-    return MINILM_HUB_ID if cfg.name == "minilm" else f"tiny-bert-h{cfg.tiny_hidden}-l{cfg.tiny_layers}"
+    path of this machine's copy) when ``pretrained``, else the tiny model's synthetic name."""
+    return MINILM_HUB_ID if pretrained else f"tiny-bert-h{cfg.tiny_hidden}-l{cfg.tiny_layers}"
 
 
-def build_encoder(cfg: ModelConfig, seed: int) -> nn.Module:
-    """The frozen base encoder. The tiny one is random but a pure function of ``seed``."""
+def build_encoder(cfg: ModelConfig, seed: int, *, pretrained: bool) -> nn.Module:
+    """The frozen base encoder: MiniLM's pretrained weights when ``pretrained`` (the family
+    says which: ``fedlora_ray.tasks.bert``), else a tiny random BERT, a pure function of ``seed``."""
     quiet_transformers()
     from transformers import AutoModel, BertConfig, BertModel
 
-    if cfg.name == "minilm":
+    if pretrained:
         return AutoModel.from_pretrained(_minilm_path())
     torch.manual_seed(seed)
     tiny = BertConfig(
@@ -69,17 +70,17 @@ def build_encoder(cfg: ModelConfig, seed: int) -> nn.Module:
     return BertModel(tiny)
 
 
-def linear_modules(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
+def linear_modules(cfg: ModelConfig, *, pretrained: bool) -> dict[str, tuple[int, int]]:
     """Name -> (d, k) = (out, in) features of every linear module of the base model (the ones
     LoRA can target), read from a weightless copy on the meta device: no weights are loaded."""
     quiet_transformers()
     from transformers import AutoConfig, AutoModel
 
     with torch.device("meta"):
-        if cfg.name == "minilm":
+        if pretrained:
             encoder = AutoModel.from_config(AutoConfig.from_pretrained(_minilm_path()))
         else:
-            encoder = build_encoder(cfg, seed=0)
+            encoder = build_encoder(cfg, seed=0, pretrained=False)
     return {
         name: (m.out_features, m.in_features)
         for name, m in encoder.named_modules()
@@ -144,11 +145,12 @@ def frozen_but_adapter(model: M, cfg: ModelConfig) -> M:
     return model
 
 
-def build_model(cfg: ModelConfig, num_labels: int, seed: int) -> TextClassifier:
-    """Base encoder + LoRA on ``cfg.target_modules`` + head; only LoRA (and the head when
-    ``train_head``) require grad. LoRA and head init are seeded, so every process that builds
-    the model from the same (cfg, seed) holds the same initial adapter."""
-    encoder = build_encoder(cfg, seed)
+def build_model(cfg: ModelConfig, num_labels: int, seed: int, *, pretrained: bool) -> TextClassifier:
+    """Base encoder (MiniLM when ``pretrained``, else the tiny BERT) + LoRA on
+    ``cfg.target_modules`` + head; only LoRA (and the head when ``train_head``) require grad.
+    LoRA and head init are seeded, so every process that builds the model from the same
+    (cfg, seed) holds the same initial adapter."""
+    encoder = build_encoder(cfg, seed, pretrained=pretrained)
     peft_encoder = with_lora(encoder, cfg, cfg.target_modules, seed)
     hidden = int(encoder.config.hidden_size)  # type: ignore[union-attr,arg-type]
     return frozen_but_adapter(TextClassifier(peft_encoder, hidden, num_labels), cfg)

@@ -8,19 +8,27 @@
   batch to the device, and names its LoRA modules and its base model.
 The round and the client trainer see only these interfaces. A new task is one module that
 calls ``register_dataset`` and/or ``register_model``.
+
+``DATASETS`` and ``MODELS`` hold light entries (``DatasetSpec``, ``ModelSpec``): the modality, the
+task's own config rules, and how to get the loader or the family. This module imports neither
+torch nor a model library, so that a config is checked before anything heavy loads; a built-in
+family's module (torch, transformers, timm) is imported when the family is first asked for
+(``fedlora_ray.tasks.builtin``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
-import torch
-from torch import nn
 
-from fedlora_ray.config import DataConfig, ModelConfig
+from fedlora_ray.config import DataConfig, ModelConfig, RunConfig
+
+if TYPE_CHECKING:  # annotations only: the interfaces below are read without torch
+    import torch
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -114,44 +122,77 @@ def error_reason(err: BaseException, limit: int = 200) -> str:
 
 
 DatasetLoader = Callable[[DataConfig], tuple[Split, Split]]
-DATASETS: dict[str, tuple[str, DatasetLoader]] = {}  # name -> (modality, loader)
-MODELS: dict[str, ModelFamily] = {}
+ConfigRules = Callable[[RunConfig], None]  # raises ConfigError naming the field, value and what is allowed
 
 
-def register_dataset(name: str, modality: str) -> Callable[[DatasetLoader], DatasetLoader]:
-    """Decorator: make ``data.dataset: name`` load with the decorated function."""
+def _fixed_split_fields(data: DataConfig) -> str:
+    """The datasets with fixed splits cap each class with data.train_per_class."""
+    return "data.train_per_class; 0 takes all" if data.train_per_class > 0 else ""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset as its registry holds it. ``validate`` is the dataset's own rules on the config
+    (None: none); ``more_examples`` names the fields that give the run more training examples,
+    for the message that refuses a partition the data cannot serve."""
+
+    modality: str  # the kind of examples: "text" or "image" (a model family must take the same)
+    load: DatasetLoader
+    validate: ConfigRules | None = None
+    more_examples: Callable[[DataConfig], str] = _fixed_split_fields
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model family as its registry holds it: its modality and its own config rules (None:
+    none), read without importing the family; ``family`` returns the family, importing its
+    module on the first call."""
+
+    modality: str
+    family: Callable[[], ModelFamily]
+    validate: ConfigRules | None = None
+
+
+DATASETS: dict[str, DatasetSpec] = {}
+MODELS: dict[str, ModelSpec] = {}
+
+
+def register_dataset(
+    name: str,
+    modality: str,
+    *,
+    validate: ConfigRules | None = None,
+    more_examples: Callable[[DataConfig], str] | None = None,
+) -> Callable[[DatasetLoader], DatasetLoader]:
+    """Decorator: make ``data.dataset: name`` load with the decorated function. ``validate``
+    checks the dataset's own fields on every config that names it."""
 
     def add(loader: DatasetLoader) -> DatasetLoader:
-        DATASETS[name] = (modality, loader)
+        extra = {} if more_examples is None else {"more_examples": more_examples}
+        DATASETS[name] = DatasetSpec(modality, loader, validate, **extra)
         return loader
 
     return add
 
 
-def register_model(name: str, family: ModelFamily) -> ModelFamily:
-    """Make ``model.name: name`` build with ``family``."""
-    MODELS[name] = family
+def register_model(name: str, family: ModelFamily, *, validate: ConfigRules | None = None) -> ModelFamily:
+    """Make ``model.name: name`` build with ``family``; ``validate`` checks the family's own
+    fields on every config that names it."""
+    MODELS[name] = ModelSpec(family.modality, lambda: family, validate)
     return family
 
 
-def _builtin() -> None:
-    import fedlora_ray.tasks.builtin  # noqa: F401  (registers the built-in datasets and models)
-
-
 def dataset_modality(name: str) -> str:
-    _builtin()
-    return DATASETS[name][0]
+    return DATASETS[name].modality
 
 
 def load_splits(cfg: DataConfig) -> tuple[Split, Split]:
     """The (train, test) splits of ``data.dataset``."""
-    _builtin()
-    return DATASETS[cfg.dataset][1](cfg)
+    return DATASETS[cfg.dataset].load(cfg)
 
 
 def model_family(name: str) -> ModelFamily:
-    _builtin()
-    return MODELS[name]
+    return MODELS[name].family()
 
 
 def targets(name: str, target_modules: tuple[str, ...] | list[str]) -> str | None:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from fedlora_ray.config import ModelConfig
-from fedlora_ray.tasks.base import Batches, ModelFamily, Split, register_model
+from fedlora_ray.tasks.base import Batches, ModelFamily, Split
 
 
 def builders():  # type: ignore[no-untyped-def]
@@ -66,20 +66,23 @@ def tokenize(tokenizer, texts: tuple[str, ...], labels: np.ndarray, max_length: 
 
 
 class BertFamily(ModelFamily):
+    """``pretrained``: all-MiniLM-L6-v2's weights (``minilm``); otherwise a random BERT of
+    ``model.tiny_hidden`` x ``model.tiny_layers`` for tests (``tiny``). Both read MiniLM's
+    tokenizer."""
+
     modality = "text"
 
+    def __init__(self, pretrained: bool) -> None:
+        self.pretrained = pretrained
+
     def build(self, cfg: ModelConfig, num_labels: int, seed: int) -> nn.Module:
-        return builders().build_model(cfg, num_labels, seed)
+        return builders().build_model(cfg, num_labels, seed, pretrained=self.pretrained)
 
     def prepare(self, cfg: ModelConfig, split: Split, device: torch.device | None = None) -> Batches:
         return tokenize(builders().load_tokenizer(cfg), split.examples, split.labels, cfg.max_length)
 
     def linear_modules(self, cfg: ModelConfig) -> dict[str, tuple[int, int]]:
-        return builders().linear_modules(cfg)
+        return builders().linear_modules(cfg, pretrained=self.pretrained)
 
     def hub_id(self, cfg: ModelConfig) -> str:
-        return builders().base_model_id(cfg)
-
-
-register_model("minilm", BertFamily())
-register_model("tiny", BertFamily())
+        return builders().base_model_id(cfg, pretrained=self.pretrained)

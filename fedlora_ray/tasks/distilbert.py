@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from fedlora_ray.config import ConfigError, ModelConfig
-from fedlora_ray.tasks.base import Batches, ModelFamily, Split, error_reason, register_model
+from fedlora_ray.tasks.base import Batches, ModelFamily, Split, error_reason
 from fedlora_ray.tasks.bert import builders, tokenize
 
 DEFAULT_HUB_ID = "distilbert-base-uncased"
@@ -177,7 +177,3 @@ class DistilBertFamily(ModelFamily):
             for name, m in encoder.named_modules()
             if isinstance(m, nn.Linear)
         }
-
-
-register_model("distilbert", DistilBertFamily())
-register_model("distilbert_tiny", DistilBertFamily(tiny=True))

@@ -49,7 +49,7 @@ from torch import nn
 
 from fedlora_ray.atomic_write import atomic_path
 from fedlora_ray.config import ConfigError, ModelConfig
-from fedlora_ray.tasks.base import ModelFamily, Split, register_model
+from fedlora_ray.tasks.base import ModelFamily, Split
 from fedlora_ray.tasks.images import FeatureBatches, ImageBatches, image_batches
 from fedlora_ray.tasks.weights import is_local, load_error, local_weights_file
 from fedlora_ray.timm_import import guard_torchvision_import, import_timm
@@ -359,7 +359,3 @@ class EfficientNetFamily(ModelFamily):
                 images.mean, images.std, first, device.type, torch.__version__]  # fmt: skip
         digest.update(json.dumps(meta).encode())
         return Path(cfg.feature_cache_dir).expanduser() / f"features-{digest.hexdigest()[:40]}.pt"
-
-
-register_model("efficientnet_lite0", EfficientNetFamily())
-register_model("efficientnet_tiny", EfficientNetFamily(tiny=True))

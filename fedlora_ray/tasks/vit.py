@@ -29,7 +29,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from fedlora_ray.config import ConfigError, ModelConfig
-from fedlora_ray.tasks.base import ModelFamily, Split, register_model
+from fedlora_ray.tasks.base import ModelFamily, Split
 from fedlora_ray.tasks.images import ImageBatches, image_batches
 from fedlora_ray.tasks.weights import is_local, load_error, local_weights_file
 from fedlora_ray.timm_import import guard_torchvision_import, import_timm
@@ -224,7 +224,3 @@ class VitFamily(ModelFamily):
             for name, m in encoder.named_modules()
             if isinstance(m, nn.Linear)
         }
-
-
-register_model("vit_b16", VitFamily(VIT_B16))
-register_model("vit_tiny", VitFamily(tiny=True))

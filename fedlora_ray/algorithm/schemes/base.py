@@ -7,7 +7,8 @@ A scheme answers four questions, and nothing else in the round knows which schem
 - how the server turns the round's uploads and weights into one update of the global adapter;
 - what each client's ratio s_i = components / r is for the run (the payload-bit model prices it).
 A new scheme subclasses ``Scheme`` and calls ``register_scheme``; config validation accepts its
-name from then on.
+name from then on and asks its ``validate``. The built-in schemes' rules live in ``rules`` (no
+torch), which config validation reads without importing this module.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import torch
 
 from fedlora_ray.algorithm.aggregate import aggregate_update
 from fedlora_ray.algorithm.sampling import RoundWeights
-from fedlora_ray.compress import Compressed
-from fedlora_ray.config import ConfigError, RunConfig, validate_ratios
+from fedlora_ray.algorithm.schemes import rules
+from fedlora_ray.compress.base import Compressed
+from fedlora_ray.config import ConfigError, RunConfig
 from fedlora_ray.lora.adapter import Adapter
 
 Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -64,13 +66,9 @@ class Scheme:
     # ---- config
     @classmethod
     def validate(cls, cfg: RunConfig) -> None:
-        """Raise ConfigError for settings this scheme cannot run with."""
-        if cfg.compression.method != "none":
-            raise ConfigError(
-                f"config field 'compression.method' = {cfg.compression.method!r}: the sparsifiers "
-                f"apply to algorithm.kind='fedavg' only; algorithm.kind={cls.name!r} sends its own "
-                "update, so set compression.method='none'"
-            )
+        """Raise ConfigError for settings this scheme cannot run with (by default: it sends its
+        own update, so no compression.method applies)."""
+        rules.sends_its_own_update(cfg)
 
     # ---- the run
     def client_ratios(self, num_clients: int, seed: int) -> np.ndarray:
@@ -133,29 +131,7 @@ class RatioScheme(Scheme):
 
     @classmethod
     def validate(cls, cfg: RunConfig) -> None:
-        super().validate(cfg)
-        validate_ratios("algorithm.client_ratios", cfg.algorithm.client_ratios, cfg.model.lora_rank)
+        rules.draws_client_ratios(cfg)
 
     def client_ratios(self, num_clients: int, seed: int) -> np.ndarray:
         return draw_client_ratios(seed, num_clients, self.cfg.algorithm.client_ratios)
-
-
-SCHEMES: dict[str, type[Scheme]] = {}
-
-
-def register_scheme(cls: type[Scheme]) -> type[Scheme]:
-    """Class decorator: make ``algorithm.kind: cls.name`` available."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} needs a non-empty name")
-    SCHEMES[cls.name] = cls
-    return cls
-
-
-def scheme_class(name: str) -> type[Scheme]:
-    import fedlora_ray.algorithm.schemes.builtin  # noqa: F401  (registers fedavg, fslora, hetlora, ffa)
-
-    return SCHEMES[name]
-
-
-def make_scheme(cfg: RunConfig) -> Scheme:
-    return scheme_class(cfg.algorithm.kind)(cfg)

@@ -13,14 +13,16 @@ from typing import Any
 
 import torch
 
-from fedlora_ray.algorithm.schemes.base import LocalUpdate, Scheme, register_scheme
-from fedlora_ray.compress import Compressed, compensate, compressor, residual
+from fedlora_ray.algorithm.schemes import rules
+from fedlora_ray.algorithm.schemes.base import LocalUpdate, Scheme
+from fedlora_ray.compress.base import Compressed
+from fedlora_ray.compress.error_feedback import compensate, residual
+from fedlora_ray.compress.registry import compressor
 from fedlora_ray.config import RunConfig
 
 _COMPRESSOR_STREAM = 0x5EED  # the random baselines draw from their own stream of the round seed
 
 
-@register_scheme
 class FedAvg(Scheme):
     name = "fedavg"
 
@@ -34,6 +36,7 @@ class FedAvg(Scheme):
     @classmethod
     def validate(cls, cfg: RunConfig) -> None:
         """Any compressor goes."""
+        rules.any_compressor(cfg)
 
     def module_upload(
         self, d: int, k: int, r: int, components: int, keep_ratio: float, value_bits: int

@@ -7,12 +7,11 @@ from typing import Any
 
 import torch
 
-from fedlora_ray.algorithm.schemes.base import LocalUpdate, Scheme, register_scheme
-from fedlora_ray.compress import Compressed, ModulePayload
+from fedlora_ray.algorithm.schemes.base import LocalUpdate, Scheme
+from fedlora_ray.compress.base import Compressed, ModulePayload
 from fedlora_ray.compress.bits import b_only_upload, payload_bits
 
 
-@register_scheme
 class FFA(Scheme):
     name = "ffa"
     module_upload = staticmethod(b_only_upload)  # type: ignore[assignment]

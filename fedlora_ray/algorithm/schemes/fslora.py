@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from fedlora_ray.algorithm.schemes.base import LocalUpdate, RatioScheme, register_scheme
+from fedlora_ray.algorithm.schemes.base import LocalUpdate, RatioScheme
 from fedlora_ray.algorithm.schemes.structured import component_upload
-from fedlora_ray.compress import Compressed
+from fedlora_ray.compress.base import Compressed
 from fedlora_ray.compress.bits import sketch_upload
 
 _SKETCH_STREAM = 0x5CE7C4  # the sketch draws from its own stream of the client's round seed
@@ -29,7 +29,6 @@ def sketch_components(seed: int, modules: Sequence[str], rank: int, k: int) -> d
     return {m: torch.sort(torch.randperm(rank, generator=gen)[:k]).values for m in modules}
 
 
-@register_scheme
 class FSLoRA(RatioScheme):
     name = "fslora"
     module_upload = staticmethod(sketch_upload)  # type: ignore[assignment]

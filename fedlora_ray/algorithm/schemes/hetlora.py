@@ -20,14 +20,13 @@ import torch
 
 from fedlora_ray.algorithm.aggregate import aggregate_update, hetlora_target, zero_pad
 from fedlora_ray.algorithm.sampling import RoundWeights
-from fedlora_ray.algorithm.schemes.base import LocalUpdate, RatioScheme, register_scheme
+from fedlora_ray.algorithm.schemes.base import LocalUpdate, RatioScheme
 from fedlora_ray.algorithm.schemes.structured import component_upload
-from fedlora_ray.compress import Compressed
+from fedlora_ray.compress.base import Compressed
 from fedlora_ray.compress.bits import prefix_upload
 from fedlora_ray.lora.adapter import Adapter
 
 
-@register_scheme
 class HetLoRA(RatioScheme):
     name = "hetlora"
     module_upload = staticmethod(prefix_upload)  # type: ignore[assignment]

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fedlora_ray.compress import Compressed, ModulePayload
-from fedlora_ray.compress.base import flat, rank_component_positions
+from fedlora_ray.compress.base import Compressed, ModulePayload, flat, rank_component_positions
 from fedlora_ray.compress.bits import component_upload_bits
 
 Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]

@@ -1,0 +1,50 @@
+"""The ``compression.method`` registry: one light entry per method.
+
+A ``CompressorSpec`` holds what the config checks and the controllers need without torch:
+whether the method sends every entry, and its own rules on the config; ``build`` makes the
+compressor itself (``fedlora_ray.compress.base``), importing torch. The built-in methods are
+listed in ``fedlora_ray.compress.methods``; ``register_compressor`` adds one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from fedlora_ray.config import RunConfig
+
+if TYPE_CHECKING:
+    from fedlora_ray.compress.base import Compressor
+
+
+@dataclass(frozen=True)
+class CompressorSpec:
+    """A compression method as the registry holds it. ``dense``: it sends every entry (ILoRA),
+    so it needs no error memory and leaves no keep ratio to choose; ``validate``: the method's
+    own rules on the config (None: none); ``build``: the compressor, made when a scheme uses it."""
+
+    dense: bool
+    build: Callable[[], Compressor]
+    validate: Callable[[RunConfig], None] | None = None
+
+
+COMPRESSORS: dict[str, CompressorSpec] = {}
+
+
+def register_compressor(
+    name: str, compressor: Compressor, *, validate: Callable[[RunConfig], None] | None = None
+) -> Compressor:
+    """Make ``compression.method: name`` available; ``validate`` checks the method's own fields
+    on every config that names it."""
+    COMPRESSORS[name] = CompressorSpec(compressor.dense, lambda: compressor, validate)
+    return compressor
+
+
+def compressor_spec(method: str) -> CompressorSpec:
+    return COMPRESSORS[method]
+
+
+def compressor(method: str) -> Compressor:
+    """The compressor of ``compression.method``, ready to compress (torch loads here)."""
+    return COMPRESSORS[method].build()
