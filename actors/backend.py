@@ -7,16 +7,14 @@ with the same numbers. The replies say which attempt produced them, and the roun
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import ray
 from ray.exceptions import RayActorError
-from ray.util.placement_group import PlacementGroup
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.client import ClientActor
-from actors.launch import choose_pool
+from actors.launch import Pool, choose_pool
 from fedlora_ray.algorithm.messages import ClientReply, ClientTask
 from fedlora_ray.algorithm.schedule import balance, cut_passes
 from fedlora_ray.config import RunConfig
@@ -24,16 +22,6 @@ from fedlora_ray.lora.adapter import Adapter
 from fedlora_ray.train import EvalResult
 
 MAX_ATTEMPTS = 3  # a batch whose worker died this many times fails the round
-
-
-@dataclass(frozen=True)
-class Pool:
-    """The client-actor pool as the launcher chose it, once: how many actors, why, and the
-    placement group it reserved for them (one bundle per actor; None when they reserve nothing)."""
-
-    num_actors: int
-    chosen_by: str
-    placement: PlacementGroup | None = None
 
 
 class RayBackend:

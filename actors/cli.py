@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def run_command(cfg: RunConfig, out: Path | str) -> dict:
-    # Everything that can be refused is refused here, before Ray starts or a model is built.
+    # Everything the config, --out and the data can refuse is refused here, before Ray starts.
     check_out(str(out))
     if is_uri(str(out)):
         return _run_checked(cfg, str(out))  # the run pulls the URI's folder and refuses one with logs
@@ -87,35 +87,33 @@ def run_command(cfg: RunConfig, out: Path | str) -> dict:
 
 
 def _run_checked(cfg: RunConfig, out: Path | str) -> dict:
-    from fedlora_ray.preflight import check_run
+    from fedlora_ray.preflight import check_data
 
-    check_run(cfg)  # the base model's module names and shapes, and the data for every client
+    # the data for every client, read and dealt once (numpy only); the model is checked where
+    # it is built, before any training, so this process needs neither torch nor transformers
+    data = check_data(cfg)
     if cfg.runtime.backend == "serial":
-        from fedlora_ray.serial import run_serial
+        from fedlora_ray.engine.serial import run_serial
 
-        return run_serial(cfg, out)
+        return run_serial(cfg, out, data)
     from actors.launch import run_on_ray
 
-    return run_on_ray(cfg, out)
+    return run_on_ray(cfg, out, data=data)
 
 
 def resume_command(run_dir: Path | str, overrides: list[str]) -> dict:
-    from fedlora_ray.algorithm.mirror import stage
-    from fedlora_ray.algorithm.run import resume_config
-    from fedlora_ray.preflight import check_run
+    from fedlora_ray.preflight import check_data, resume_config
 
     check_out(str(run_dir), "resume")
-    local, _ = stage(run_dir)  # a URI's folder, pulled to read its config
-    assert local is not None
-    cfg = resume_config(local, overrides)
-    check_run(cfg)
+    cfg = resume_config(run_dir, overrides)  # the one read of its config.json, folder or URI
+    data = check_data(cfg)
     if cfg.runtime.backend == "serial":
-        from fedlora_ray.serial import resume_serial
+        from fedlora_ray.engine.serial import run_serial
 
-        return resume_serial(run_dir, overrides)
+        return run_serial(cfg, run_dir, data, resume=True)
     from actors.launch import run_on_ray
 
-    return run_on_ray(cfg, run_dir, resume=True)
+    return run_on_ray(cfg, run_dir, resume=True, data=data)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "sweep":
         return sweep_command(args)
-    from fedlora_ray.algorithm.callbacks import DivergenceError
     from fedlora_ray.algorithm.round import BadUpdateError
+    from fedlora_ray.engine.callbacks import DivergenceError
 
     try:
         if args.command == "resume":
@@ -183,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
             out = args.out or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
             summary = run_command(cfg, out)
     except ConfigError as err:
-        print(f"fedlora-ray: error: {err}", file=sys.stderr)
+        # from a Ray actor it comes wrapped (a RayTaskError that is also a ConfigError): its
+        # cause is the error as raised, without the remote traceback
+        print(f"fedlora-ray: error: {getattr(err, 'cause', None) or err}", file=sys.stderr)
         return 2
     except (DivergenceError, BadUpdateError) as err:  # the run stopped; its logs end at the last good round
         print(f"fedlora-ray: error: {err.args[0] if err.args else err}", file=sys.stderr)

@@ -8,9 +8,9 @@ from typing import Any
 import ray
 import torch
 
-from fedlora_ray.algorithm.client import ClientTrainer
 from fedlora_ray.algorithm.messages import ClientReply, ClientTask
-from fedlora_ray.config import RunConfig
+from fedlora_ray.config import ConfigError, RunConfig
+from fedlora_ray.engine.trainer import ClientTrainer
 from fedlora_ray.lora.adapter import Adapter
 from fedlora_ray.train import EvalResult
 
@@ -34,9 +34,18 @@ class ClientActor:
     def __init__(self, cfg: RunConfig, actor_id: str) -> None:
         torch.set_num_threads(cfg.runtime.torch_threads)
         device, self._device_note = assigned_device(cfg.runtime.num_gpus_per_actor)
-        self.trainer = ClientTrainer(cfg, device, actor_id)
+        try:
+            self.trainer = ClientTrainer(cfg, device, actor_id)
+        except ConfigError as err:
+            # kept for the first call: an error of the constructor reaches the caller only as
+            # "the actor died", while a method's error arrives as itself, field and value named
+            self._refused: ConfigError | None = err
+        else:
+            self._refused = None
 
     def info(self) -> dict[str, Any]:
+        if self._refused is not None:
+            raise self._refused
         return {
             **self.trainer.describe(),
             "pid": os.getpid(),

@@ -1,29 +1,45 @@
 """DriverActor: holds the run state and drives the rounds; restartable from its checkpoint.
 
-When Ray restarts a killed DriverActor (``runtime.driver_restarts``), the constructor runs again
-with the same arguments: it finds the run directory it had started and resumes from its newest
-checkpoint, and Ray retries the pending ``run`` call on it.
+When Ray restarts a killed DriverActor (``runtime.driver_restarts``), it retries the pending
+``run`` call on the new one, which finds the run directory the first had started and resumes
+from its newest checkpoint.
 """
 
 from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 
-from actors.backend import Pool, RayBackend
-from fedlora_ray.algorithm.mirror import stage
-from fedlora_ray.algorithm.run import FederatedRun, resume_config
+from actors.launch import Pool
 from fedlora_ray.config import RunConfig
+from fedlora_ray.preflight import ClientData, resume_config
+
+if TYPE_CHECKING:
+    from fedlora_ray.engine.run import FederatedRun
 
 
 @ray.remote(num_cpus=0)
 class DriverActor:
-    def __init__(self, cfg: RunConfig, run_dir: str | None, resume: bool, pool: Pool) -> None:
+    def __init__(
+        self, cfg: RunConfig, run_dir: str | None, resume: bool, pool: Pool, data: ClientData
+    ) -> None:
         """``cfg``: the run's config (with ``resume``, the run directory's own, read once by the
-        launcher); ``pool``: the client-actor pool the launcher chose and reserved."""
+        launcher); ``pool``: the client-actor pool the launcher chose and reserved; ``data``: the
+        clients' data the launcher's preflight read and dealt. The run is built in ``run``, so
+        that a refusal while building it (a model check) reaches the launcher as a ConfigError."""
+        self._args = (cfg, run_dir, resume, pool, data)
+        self.federated: FederatedRun | None = None
+
+    def _build(self) -> FederatedRun:
+        # torch and the engine load here, in the driver's process, never in the launcher's
+        from actors.backend import RayBackend
+        from fedlora_ray.engine.mirror import stage
+        from fedlora_ray.engine.run import FederatedRun
+
+        cfg, run_dir, resume, pool, data = self._args
         # a URI's folder is pulled into a local staging copy and pushed back after every round
         local, push = stage(run_dir)
         if not resume and local is not None and (Path(local) / "config.json").is_file():
@@ -32,12 +48,10 @@ class DriverActor:
             resume = True
             cfg = resume_config(local, [f"federation.rounds={cfg.federation.rounds}"])
         backend = functools.partial(RayBackend, pool=pool)
-        self.federated = FederatedRun(cfg, backend, local, callbacks=push, resume=resume)
-
-    def describe(self) -> list[dict[str, Any]]:
-        return self.federated.backend.describe()
+        return FederatedRun(cfg, backend, local, callbacks=push, resume=resume, data=data)
 
     def run(self) -> dict[str, Any]:
+        self.federated = self._build()
         try:
             return self.federated.run()
         finally:

@@ -18,6 +18,7 @@ import os
 import socket
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from fedlora_ray.config import ConfigError, RunConfig, RuntimeConfig
+from fedlora_ray.preflight import ClientData, check_data
 from fedlora_ray.storage import is_uri
 
 _EPS = 1e-6  # Ray counts resources in units of 1e-4
@@ -182,6 +184,16 @@ def _actors(rt: RuntimeConfig) -> int:
     if not isinstance(rt.num_actors, int):
         raise ValueError("runtime.num_actors is 'auto': size the pool first (choose_pool)")
     return rt.num_actors
+
+
+@dataclass(frozen=True)
+class Pool:
+    """The client-actor pool as the launcher chose it, once: how many actors, why, and the
+    placement group it reserved for them (one bundle per actor; None when they reserve nothing)."""
+
+    num_actors: int
+    chosen_by: str
+    placement: PlacementGroup | None = None
 
 
 def pool_needs(cfg: RunConfig) -> str:
@@ -345,11 +357,16 @@ def _started_here() -> bool:
 # --------------------------------------------------------------------------- running
 
 
-def run_on_ray(cfg: RunConfig, run_dir: str | Path | None, resume: bool = False) -> dict[str, Any]:
+def run_on_ray(
+    cfg: RunConfig, run_dir: str | Path | None, resume: bool = False, data: ClientData | None = None
+) -> dict[str, Any]:
     """Connect, make sure the pool fits (ConfigError otherwise, before any work), then run the
-    job in a DriverActor on this node and return its summary. With ``resume`` the driver
-    continues the run in ``run_dir`` from its newest checkpoint; with ``runtime.driver_restarts``
-    Ray restarts a killed driver, which then resumes by itself."""
+    job in a DriverActor on this node and return its summary. ``data``: the preflight's clients'
+    data (read here when None). With ``resume`` the driver continues the run in ``run_dir`` from
+    its newest checkpoint; with ``runtime.driver_restarts`` Ray restarts a killed driver, which
+    then resumes by itself."""
+    if data is None:
+        data = check_data(cfg)
     started = connect(cfg)
     try:
         count, how = choose_pool(cfg)  # the cluster's size decides runtime.num_actors: auto
@@ -360,7 +377,6 @@ def run_on_ray(cfg: RunConfig, run_dir: str | Path | None, resume: bool = False)
             print(pool_line(cfg, count, how), flush=True)
         pool = reserve_pool(sized)  # held for the run: the client actors live in its bundles
         try:
-            from actors.backend import Pool
             from actors.driver import DriverActor
 
             # The driver writes the run directory, so it lives on this (the submitting) node.
@@ -371,7 +387,7 @@ def run_on_ray(cfg: RunConfig, run_dir: str | Path | None, resume: bool = False)
             restarts = cfg.runtime.driver_restarts if path else 0  # a restart resumes from the run directory
             driver = DriverActor.options(  # type: ignore[attr-defined]
                 scheduling_strategy=here, max_restarts=restarts, max_task_retries=restarts
-            ).remote(cfg, path, resume, Pool(count, how, pool))
+            ).remote(cfg, path, resume, Pool(count, how, pool), data)
             try:
                 return ray.get(driver.run.remote())
             finally:

@@ -28,9 +28,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from safetensors.torch import load_file  # noqa: E402
 
-from fedlora_ray.algorithm.client import ClientTrainer  # noqa: E402
 from fedlora_ray.components import load_run_config  # noqa: E402
 from fedlora_ray.config import replace  # noqa: E402
+from fedlora_ray.engine.trainer import ClientTrainer  # noqa: E402
 from fedlora_ray.lora.adapter import Adapter  # noqa: E402
 
 

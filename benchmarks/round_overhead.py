@@ -38,13 +38,13 @@ for k, v in {
 }.items():
     os.environ.setdefault(k, v)
 
-from fedlora_ray.algorithm.run import FederatedRun  # noqa: E402
 from fedlora_ray.algorithm.sampling import client_seed, sample_clients  # noqa: E402
 from fedlora_ray.components import load_run_config  # noqa: E402
 from fedlora_ray.config import RunConfig  # noqa: E402
 from fedlora_ray.data import load_wordnet, partition_indices  # noqa: E402
+from fedlora_ray.engine.run import FederatedRun  # noqa: E402
+from fedlora_ray.engine.serial import SerialBackend  # noqa: E402
 from fedlora_ray.lora import load_tokenizer  # noqa: E402
-from fedlora_ray.serial import SerialBackend  # noqa: E402
 from fedlora_ray.tasks import model_family  # noqa: E402
 from fedlora_ray.tasks.bert import tokenize  # noqa: E402
 

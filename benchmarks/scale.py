@@ -151,9 +151,9 @@ def child(n: int, overrides: list[str], out: Path, result: Path, real_rounds: in
     """``real_rounds`` rounds of real training, then the rest replayed (``Replay``), timed and
     (with ``profile``) profiled."""
     register_synthetic(EXAMPLES_PER_CLIENT * n)
-    from fedlora_ray.algorithm.run import FederatedRun
     from fedlora_ray.components import load_run_config
-    from fedlora_ray.serial import SerialBackend
+    from fedlora_ray.engine.run import FederatedRun
+    from fedlora_ray.engine.serial import SerialBackend
 
     cfg = load_run_config(None, overrides)
     marks: dict[str, float] = {"start_rss_mb": rss_mb()}

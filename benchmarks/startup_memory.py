@@ -18,7 +18,13 @@ process and measures
     `ps` or a container's accounting per process would;
   - CPU seconds (user + system) of the whole tree until round 1: on a shared machine, other
     load stretches wall time much more than it changes this;
-  - for comparison, the serial backend (`--set runtime.backend=serial`): one process, no Ray.
+  - for comparison, the serial backend (`--set runtime.backend=serial`): one process, no Ray;
+  - ray-warm: the Ray run joining a local cluster started once beforehand (`ray start --head`,
+    then `runtime.ray_address`), as a user keeping a cluster warm between runs would; its tree
+    counts that cluster's processes with the launched one.
+
+With --baseline DIR (a checkout of the previous commit, e.g. made by `git worktree add`), every
+runner is measured on both codes, alternated, in the same session.
 
 Runners are run alternately (ray, serial, ray, serial, ...) so that drift on a shared machine
 hits both. Each Ray run starts its own local cluster in a private temporary directory
@@ -26,7 +32,8 @@ hits both. Each Ray run starts its own local cluster in a private temporary dire
 whatever of the tree is still alive afterwards is killed here by PID (never `ray stop`).
 
     python benchmarks/startup_memory.py [--repeats 2] [--out benchmarks/results]
-        [--runners ray,serial] [--set a.b=v ...] [--env NAME=VALUE ...] [--source DIR] [--pss]
+        [--runners ray,ray-warm,serial] [--baseline DIR] [--set a.b=v ...] [--env NAME=VALUE ...]
+        [--source DIR] [--pss]
 
 --set and --env apply to every runner (to try e.g. MALLOC_ARENA_MAX=2); --source runs the code of
 another copy of the repository (a scratch copy holding a candidate change): it becomes the working
@@ -44,6 +51,8 @@ import os
 import platform
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -66,7 +75,10 @@ WORKLOAD = [
     "runtime.progress=true",
     "log.flush_every=1",  # rounds.parquet is rewritten after every round: its first write marks round 1
 ]
-RUNNERS = {"ray": [], "serial": ["runtime.backend=serial"]}
+# ray: a local cluster started by the run itself; ray-warm: a cluster started once beforehand
+# (`ray start --head`), joined through runtime.ray_address; serial: one process, no Ray
+RUNNERS = {"ray": [], "ray-warm": [], "serial": ["runtime.backend=serial"]}
+BASELINE = " (baseline)"  # suffix of a runner measured on --baseline's code
 RAY_ENV = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -109,8 +121,13 @@ def process_kind(cmdline: str, is_root: bool) -> str:
 class TreeSampler:
     """Samples the RSS of a process and all its descendants until the process exits."""
 
-    def __init__(self, root: subprocess.Popen, t0: float, run_dir: Path, pss: bool) -> None:
+    def __init__(
+        self, root: subprocess.Popen, t0: float, run_dir: Path, pss: bool, cluster: int | None = None
+    ) -> None:
+        """``cluster``: the PID of a warm cluster's head (`ray start`), whose processes (daemons,
+        and the run's driver and client actors, which the cluster starts) count with the tree."""
         self.root = psutil.Process(root.pid)
+        self.cluster = psutil.Process(cluster) if cluster else None
         self.popen = root
         self.t0 = t0
         self.rounds_file = run_dir / "rounds.parquet"
@@ -125,10 +142,13 @@ class TreeSampler:
         self.pss_snapshot: list[dict[str, Any]] = []
 
     def _tree(self) -> list[psutil.Process]:
-        try:
-            return [self.root, *self.root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
+        out = []
+        for root in (self.root, self.cluster):
+            if root is None:
+                continue
+            with contextlib.suppress(psutil.NoSuchProcess):
+                out += [root, *root.children(recursive=True)]
+        return out
 
     def sample(self) -> None:
         now = time.time() - self.t0
@@ -190,9 +210,16 @@ class TreeSampler:
             time.sleep(max(0.0, INTERVAL_S - (time.perf_counter() - start)))
 
     def leftovers(self) -> list[psutil.Process]:
-        """Processes of this tree still alive (the same PID and start time as when seen)."""
+        """Processes of this tree still alive (the same PID and start time as when seen); a
+        warm cluster's own processes are left to it."""
         out = []
+        cluster = set()
+        if self.cluster is not None:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                cluster = {self.cluster.pid, *(p.pid for p in self.cluster.children(recursive=True))}
         for info in self.procs.values():
+            if info["pid"] in cluster:
+                continue
             p = info["process"]
             try:
                 if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
@@ -235,8 +262,59 @@ def read_round1(run_dir: Path) -> dict[str, float]:
     }
 
 
+class WarmCluster:
+    """`ray start --head --block` on 127.0.0.1 in its own process group and temporary folder, with
+    the measured code first on its workers' path; stopped by signalling that group (never `ray
+    stop`, which would stop every Ray on the machine)."""
+
+    def __init__(self, source: Path, num_cpus: int) -> None:
+        self.temp = Path(tempfile.mkdtemp(prefix="fr-warm-", dir="/tmp"))  # short: socket paths
+        self.port = _free_port()
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        env.update(RAY_ENV)
+        env["PYTHONPATH"] = str(source)
+        ray_bin = str(CLI.parent / "ray")
+        self.popen = subprocess.Popen(
+            [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={self.port}",
+             f"--num-cpus={num_cpus}", "--include-dashboard=false", f"--temp-dir={self.temp}",
+             "--disable-usage-stats"],
+            cwd=source, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        deadline = time.time() + 120
+        while time.time() < deadline and self.popen.poll() is None:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 1):
+                time.sleep(3)  # the GCS answers; give the raylet a moment more
+                return
+            time.sleep(0.5)
+        raise RuntimeError("the warm Ray head did not start")
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGTERM)
+        try:
+            self.popen.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        shutil.rmtree(self.temp, ignore_errors=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def run_once(
-    runner: str, overrides: list[str], env_extra: dict[str, str], source: Path, pss: bool
+    runner: str,
+    overrides: list[str],
+    env_extra: dict[str, str],
+    source: Path,
+    pss: bool,
+    warm: WarmCluster | None = None,
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="fr-startup-") as tmp:
         run_dir = Path(tmp) / "run"
@@ -249,7 +327,8 @@ def run_once(
             env["PYTHONPATH"] = str(source)
         env.update(env_extra)
         cmd = [str(CLI), "run", CONFIG, "--out", str(run_dir)]
-        for o in [*WORKLOAD, *RUNNERS[runner], *overrides]:
+        joined = [f"runtime.ray_address={warm.address}"] if warm is not None else []
+        for o in [*WORKLOAD, *RUNNERS[runner.removesuffix(BASELINE)], *joined, *overrides]:
             cmd += ["--set", o]
         lines: list[tuple[float, str]] = []
         t0 = time.time()
@@ -264,7 +343,7 @@ def run_once(
 
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
-        sampler = TreeSampler(popen, t0, run_dir, pss)
+        sampler = TreeSampler(popen, t0, run_dir, pss, warm.popen.pid if warm is not None else None)
         try:
             sampler.run(TIMEOUT_S)
         finally:
@@ -347,7 +426,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=2, help="runs of each runner (default 2)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="results folder")
-    ap.add_argument("--runners", default="ray,serial", help="comma-separated: ray, serial")
+    ap.add_argument("--runners", default="ray,ray-warm,serial", help="comma-separated: ray, ray-warm, serial")
+    ap.add_argument("--baseline", type=Path, help="a checkout of the previous code, measured alternately")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="a.b=value")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
     ap.add_argument("--source", type=Path, default=ROOT, help="a copy of the repository to run instead")
@@ -359,23 +439,48 @@ def main() -> None:
         ap.error(f"unknown runner(s) {sorted(unknown)}; choose from {sorted(RUNNERS)}")
     env_extra = dict(e.split("=", 1) for e in args.env)
 
-    runs: dict[str, list[dict[str, Any]]] = {r: [] for r in runners}
-    for rep in range(args.repeats):
-        for runner in runners:  # alternated, so that the shared machine's drift hits all alike
-            r = run_once(runner, args.overrides, env_extra, args.source.resolve(), args.pss)
-            runs[runner].append(r)
-            heavy = ", ".join(f"{p['kind']} {p['peak_mb']:.0f}" for p in r["processes"][:4])
-            print(
-                f"[{rep + 1}/{args.repeats}] {runner}: first round {r['first_round_s']:.1f} s "
-                f"(start-up {r['startup_before_run_loop_s']:.1f} s + round 1 {r['round1_elapsed_s']:.1f} s; "
-                f"tree CPU {r['cpu_s_to_round1']:.0f} s), "
-                f"peak tree RSS {r['peak_tree_gib']:.2f} GiB at {r['peak_tree_at_s']:.0f} s "
-                f"({r['peak_tree_before_round1_gib']:.2f} before round 1 ended); MB: {heavy}",
-                flush=True,
-            )
-            if r["killed_leftovers"]:
-                print(f"    killed leftover processes: {r['killed_leftovers']}", flush=True)
+    sources = {"": args.source.resolve()}
+    if args.baseline is not None:
+        sources[BASELINE] = args.baseline.resolve()
+    warm = {}
+    if "ray-warm" in runners:  # started once, before any run: what "warm" means
+        warm = {tag: WarmCluster(src, num_cpus=os.cpu_count() or 2) for tag, src in sources.items()}
+    runs: dict[str, list[dict[str, Any]]] = {r + tag: [] for r in runners for tag in sources}
+    try:
+        for rep in range(args.repeats):
+            for runner in runners:  # alternated, so that the shared machine's drift hits all alike
+                for tag, src in sources.items():
+                    cluster = warm.get(tag) if runner == "ray-warm" else None
+                    r = run_once(runner + tag, args.overrides, env_extra, src, args.pss, cluster)
+                    runs[runner + tag].append(r)
+                    _print_run(rep, args.repeats, runner + tag, r)
+    finally:
+        for cluster in warm.values():
+            cluster.stop()
+    _write(args, runs, sources, env_extra)
 
+
+def _print_run(rep: int, repeats: int, runner: str, r: dict[str, Any]) -> None:
+    heavy = ", ".join(f"{p['kind']} {p['peak_mb']:.0f}" for p in r["processes"][:4])
+    print(
+        f"[{rep + 1}/{repeats}] {runner}: first round {r['first_round_s']:.1f} s "
+        f"(start-up {r['startup_before_run_loop_s']:.1f} s + round 1 {r['round1_elapsed_s']:.1f} s; "
+        f"tree CPU {r['cpu_s_to_round1']:.0f} s), "
+        f"peak tree RSS {r['peak_tree_gib']:.2f} GiB at {r['peak_tree_at_s']:.0f} s "
+        f"({r['peak_tree_before_round1_gib']:.2f} before round 1 ended); MB: {heavy}",
+        flush=True,
+    )
+    if r["killed_leftovers"]:
+        print(f"    killed leftover processes: {r['killed_leftovers']}", flush=True)
+
+
+def _write(
+    args: argparse.Namespace,
+    runs: dict[str, list[dict[str, Any]]],
+    sources: dict[str, Path],
+    env_extra: dict[str, str],
+) -> None:
+    runners = sorted({r.removesuffix(BASELINE) for r in runs})
     summary = {}
     for runner, rs in runs.items():
         kinds: dict[str, dict[str, float]] = {}
@@ -410,9 +515,12 @@ def main() -> None:
         f"{psutil.virtual_memory().total / GIB:.0f} GiB, python {platform.python_version()}",
         "source": str(args.source.resolve()),
         "code": code_state(args.source.resolve()),
+        "baseline": str(sources[BASELINE]) if BASELINE in sources else None,
+        "baseline_code": code_state(sources[BASELINE]) if BASELINE in sources else None,
         "config": CONFIG,
         "overrides": [*WORKLOAD, *args.overrides],
         "runner_overrides": {r: RUNNERS[r] for r in runners},
+        "runners": list(runs),
         "env": env_extra,
         "sample_interval_s": INTERVAL_S,
         "summary": summary,
@@ -421,7 +529,9 @@ def main() -> None:
     lines = [
         "# Start-up time and peak memory of a run (benchmarks/startup_memory.py)",
         "",
-        f"{meta['date']}, {meta['machine']}, code {meta['code']}. `fedlora-ray run {CONFIG}` with "
+        f"{meta['date']}, {meta['machine']}, code {meta['code']}"
+        + (f" against the baseline {meta['baseline_code']}" if meta["baseline"] else "")
+        + f". `fedlora-ray run {CONFIG}` with "
         f"{', '.join(f'`{o}`' for o in meta['overrides'])}"
         + (f", env {', '.join(f'`{k}={v}`' for k, v in env_extra.items())}" if env_extra else "")
         + f"; {args.repeats} run(s) of each runner, alternated; ranges are min-max over them. "
@@ -430,7 +540,9 @@ def main() -> None:
         f"the RSS of the launched process and all its descendants, sampled every {INTERVAL_S} s "
         "(shared pages count once per process). CPU s: user + system seconds of the whole tree until "
         "round 1 was seen, which other load on the machine changes far less than wall time. "
-        "Per-process peaks: the largest over the repeats.",
+        "Per-process peaks: the largest over the repeats. ray-warm joins a cluster started once "
+        "beforehand (`ray start --head`, with `runtime.ray_address`); its tree counts that "
+        "cluster's processes (daemons, driver and client actors) with the launched one.",
         "",
         "| runner | time to first round (s) | start-up before the run loop (s) | round 1 (s) "
         "| CPU s of the tree until round 1 "

@@ -101,10 +101,10 @@ def measure(role: str, config: str, overrides: list[str]) -> dict[str, float]:
     import torch
 
     torch.set_num_threads(1)
-    from fedlora_ray.algorithm.client import ClientTrainer
     from fedlora_ray.algorithm.messages import ClientTask
     from fedlora_ray.components import load_run_config
     from fedlora_ray.data import partition_indices
+    from fedlora_ray.engine.trainer import ClientTrainer
     from fedlora_ray.tasks import load_splits, model_family
 
     cfg = load_run_config(ROOT / config, [*overrides, "runtime.backend=serial"])

@@ -9,19 +9,41 @@ field, the value and what is allowed, so a bad run stops before Ray starts or an
 
 from __future__ import annotations
 
-from fedlora_ray.config import ConfigError, RunConfig
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedlora_ray.components import load_run_config
+from fedlora_ray.config import ConfigError, RunConfig, parse_override
 from fedlora_ray.control import controller_class
 from fedlora_ray.data import partition_indices
+from fedlora_ray.rundir.checkpoint import checkpoint_rounds
+from fedlora_ray.storage import read_text
 from fedlora_ray.tasks import DATASETS, load_splits, model_family
 from fedlora_ray.tasks.base import targets
 
 _MAX_LISTED = 8  # allowed module names listed in a message
 
 
-def check_run(cfg: RunConfig) -> None:
-    """Raise ConfigError when ``cfg`` cannot run on its base model and data."""
-    check_data(cfg)  # first: it needs numpy only, the model check imports transformers (seconds)
+@dataclass(frozen=True)
+class ClientData:
+    """What the driver needs of the training split, read and dealt once, before any work: the
+    label names and each client's training example indices (docs/algorithms.md §8). The
+    examples themselves stay with the client trainers."""
+
+    label_names: tuple[str, ...]
+    partition: list[np.ndarray]
+
+
+def check_run(cfg: RunConfig) -> ClientData:
+    """Raise ConfigError when ``cfg`` cannot run on its base model and data; else the clients'
+    data. (A run checks the model where it builds it, in the client trainer.)"""
+    data = check_data(cfg)  # first: it needs numpy only, the model check imports transformers (seconds)
     check_model(cfg)
+    return data
 
 
 def check_model(cfg: RunConfig) -> None:
@@ -64,10 +86,11 @@ def check_model(cfg: RunConfig) -> None:
         )
 
 
-def check_data(cfg: RunConfig) -> None:
+def check_data(cfg: RunConfig) -> ClientData:
     """The training split serves every client at least data.min_examples_per_client examples
     under the configured partition (docs/algorithms.md §8): the partition itself is drawn, from
-    the labels only, and refuses with a ConfigError saying how many clients the data can serve."""
+    the labels only, and refuses with a ConfigError saying how many clients the data can serve.
+    The run uses this partition: it is drawn once."""
     fed, data = cfg.federation, cfg.data
     try:
         train, _ = load_splits(data)
@@ -76,7 +99,37 @@ def check_data(cfg: RunConfig) -> None:
     except ValueError as err:  # a category with no more glosses than data.test_per_class
         raise ConfigError(f"config field 'data.test_per_class' = {data.test_per_class}: {err}") from None
     try:
-        partition_indices(train.labels, fed.num_clients, data, fed.seed)
+        partition = partition_indices(train.labels, fed.num_clients, data, fed.seed)
     except ConfigError as err:  # the partition knows the counts; the dataset knows its size fields
         more = DATASETS[data.dataset].more_examples(data)
         raise ConfigError(f"{err} ({more})" if more else str(err)) from None
+    return ClientData(tuple(train.label_names), partition)
+
+
+def resume_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
+    """The run directory's config (a folder or a URI), which is authoritative, checked as every
+    run's is (``load_run_config``). Only ``federation.rounds`` may be set (to extend a run); any
+    other override is refused. The one read of config.json a resume makes."""
+    where = f"{run_dir}/config.json"
+    try:
+        text = read_text(str(run_dir), "config.json")
+    except OSError as err:
+        raise ConfigError(f"{where} cannot be read: {err}") from None
+    if text is None:
+        raise ConfigError(f"{str(run_dir)!r} is not a run directory (no config.json)")
+    cfg = load_run_config(None, base=json.loads(text))
+    for text in overrides:
+        keys, _ = parse_override(text)
+        if ".".join(keys) != "federation.rounds":
+            raise ConfigError(
+                f"override {text!r}: a resumed run keeps the config in {where}; only "
+                "federation.rounds may change (to extend the run). Start a new run for other settings"
+            )
+    new = load_run_config(None, overrides, base=cfg.to_dict()) if overrides else cfg
+    done = max(checkpoint_rounds(run_dir), default=0)
+    if new.federation.rounds < done:
+        raise ConfigError(
+            f"config field 'federation.rounds' = {new.federation.rounds}: the run has a checkpoint at "
+            f"round {done}; a resumed run can only be extended"
+        )
+    return new

@@ -140,11 +140,11 @@ def read_text(place: str, name: str) -> str | None:
 
 def list_names(place: str, folder: str) -> list[str]:
     """The file names in ``folder`` of a folder or URI ([] when it is absent)."""
-    from pyarrow import fs
-
     if not is_uri(place):
         path = Path(place) / folder
         return sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    from pyarrow import fs
+
     if not folder:
         filesystem, base = _filesystem(place)
         selector = fs.FileSelector(base, allow_not_found=True)

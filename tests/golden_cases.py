@@ -147,7 +147,7 @@ def relative_differences(got: pd.DataFrame, want: pd.DataFrame) -> dict[str, flo
 
 
 def run_case(overrides: list[str], run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    from fedlora_ray.serial import run_serial
+    from fedlora_ray.engine.serial import run_serial
     from tests.conftest import tiny_config
 
     run_serial(tiny_config(*overrides), run_dir)

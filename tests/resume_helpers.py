@@ -40,7 +40,7 @@ if cfg.runtime.backend == "ray":
     from actors.launch import run_on_ray
     run_on_ray(cfg, out)
 else:
-    from fedlora_ray.serial import run_serial
+    from fedlora_ray.engine.serial import run_serial
     run_serial(cfg, out)
 """
 

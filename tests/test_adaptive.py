@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
-import math
 import re
-import time
 from unittest import mock
 
 import numpy as np
@@ -19,9 +18,10 @@ from fedlora_ray.algorithm.sampling import IndependentSampling, UniformSampling,
 from fedlora_ray.channel import Uplink, equal_finish_shares
 from fedlora_ray.config import ChannelConfig, ConfigError
 from fedlora_ray.control import adaptive
+from fedlora_ray.control import adaptive_reference as reference
 from fedlora_ray.control.adaptive import AdaptivePlan, AdaptiveProblem, expected_max, solve
+from fedlora_ray.engine.serial import run_serial
 from fedlora_ray.lora.adapter import Adapter
-from fedlora_ray.serial import run_serial
 
 OPTIONS = (0.125, 0.25, 0.5, 1.0)
 
@@ -112,20 +112,36 @@ def test_adaptive_solver_is_within_one_percent_of_brute_force(case):
     n, k = (3, 1.0) if case < 6 else (4, 1.0 if case < 9 else 2.0)
     prob = _problem(rng, n, k, a1=(2.0, 20.0)[case % 2])
     plan = solve(prob)
-    assert np.isclose(plan.q.sum(), k) and (plan.q >= prob.q_min).all() and (plan.q <= prob.q_max).all()
-    assert set(plan.s) <= set(OPTIONS)
-    assert np.isclose(plan.objective, prob.objective(plan.q, plan.s))
+    _assert_feasible(plan, prob)
     # case 0 ends 0.67% above the grid (the alternation stops at s = (1/2, 1/2, 1), the grid's best
     # has s_2 = 1/4); the others are within 0.13% below it, the grid being coarser than the solver
     assert plan.objective <= 1.01 * _brute_force(prob, 0.01 if n == 3 else (0.02 if k == 1 else 0.025))
-    _assert_same_plan(plan, reference_solve(prob))
+    _assert_as_good_as_reference(plan, reference.solve(prob))
 
 
-def _assert_same_plan(plan: AdaptivePlan, ref: AdaptivePlan) -> None:
-    np.testing.assert_allclose(plan.q, ref.q, rtol=0, atol=1e-9)
-    np.testing.assert_array_equal(plan.s, ref.s)
-    assert plan.objective == pytest.approx(ref.objective, rel=1e-9, abs=0)
-    assert plan.iterations == ref.iterations
+# The fast solver is checked against the plain loops of fedlora_ray.control.adaptive_reference on
+# the objective, not bit for bit: the two take the same kinds of step but sum in different
+# orders, so a near-tie (which pair the exchange moves, whether it stops) can go either way and
+# the two stop at slightly different points of the same flat optimum. Largest relative gap
+# (fast - reference) / reference measured: 8.4e-10 over the problems of this file (N = 3 to 300,
+# at (seed, N) = (2, 300)), 2.2e-8 over 128 more random problems (``_random_problem``, seeds 8 to
+# 39, N = 7, 30, 120 and 250); the fast plan was lower about as often as higher. The tolerance is
+# solve's own stopping tolerance on F (tol = 1e-6, relative), about 45 times the largest gap.
+OBJECTIVE_RTOL = 1e-6
+
+
+def _assert_feasible(plan: AdaptivePlan, prob: AdaptiveProblem) -> None:
+    """sum q = K, q within its bounds, every s an option, and the plan's figures those of (q, s)."""
+    assert abs(plan.q.sum() - prob.k) <= 1e-9 * max(prob.k, 1.0)
+    assert (plan.q >= prob.q_min - 1e-12).all() and (plan.q <= prob.q_max + 1e-12).all()
+    assert set(plan.s.tolist()) <= set(prob.options)
+    assert plan.objective == pytest.approx(prob.objective(plan.q, plan.s), rel=1e-12)
+    assert plan.rounds == pytest.approx(float(prob.rounds(plan.q, plan.s)), rel=1e-12)
+    assert plan.expected_round_s == pytest.approx(float(expected_max(prob.times(plan.s), plan.q)), rel=1e-12)
+
+
+def _assert_as_good_as_reference(plan: AdaptivePlan, ref: AdaptivePlan) -> None:
+    assert plan.objective <= ref.objective * (1 + OBJECTIVE_RTOL)
 
 
 OPTION_SETS = [(0.125, 0.25, 0.5, 1.0), (0.25, 1.0), (0.5,), (0.1, 0.3, 0.6, 0.8, 1.0)]
@@ -151,11 +167,13 @@ def _random_problem(seed: int, n: int) -> AdaptiveProblem:
     ("seed", "n"),
     [(0, 3), (4, 3), (3, 5), (7, 8), (3, 13), (4, 40), (2, 90), (0, 150), (1, 150), (2, 300), (5, 300)],
 )
-def test_solver_gives_the_plans_of_the_plain_loops(seed, n):
-    """The fast solver visits clients in the same order and takes the same decisions as the plain
-    loops it replaced (kept below as ``reference_solve``), so the plans are the same."""
+def test_solver_is_as_good_as_the_plain_loops(seed, n):
+    """The fast solver's plan is feasible and its objective within ``OBJECTIVE_RTOL`` of the plain
+    loops' (``fedlora_ray.control.adaptive_reference.solve``)."""
     prob = _random_problem(seed, n)
-    _assert_same_plan(solve(prob), reference_solve(prob))
+    plan = solve(prob)
+    _assert_feasible(plan, prob)
+    _assert_as_good_as_reference(plan, reference.solve(prob))
 
 
 def _sorted_start(prob: AdaptiveProblem, s: np.ndarray, fill) -> np.ndarray:
@@ -166,10 +184,10 @@ def _sorted_start(prob: AdaptiveProblem, s: np.ndarray, fill) -> np.ndarray:
     return q
 
 
-def test_coordinate_descent_matches_the_loop_to_the_bit():
-    """Both shortcuts of ``_q_descent`` are taken and change no bit: the fast prefix (clients
-    with many slower participants, here K = 60 of 300) and runs of at least 64 clients at q_min
-    and at q_max (slow clients, placed so in the start)."""
+def test_coordinate_descent_takes_its_shortcuts_and_ends_where_the_loop_ends():
+    """Both shortcuts of ``_q_descent`` are taken: the fast prefix (clients with many slower
+    participants, here K = 60 of 300) and runs of at least 64 clients at q_min and at q_max (slow
+    clients, placed so in the start); the result is the plain loop's within 1e-12 (1e-15 seen)."""
     rng = np.random.default_rng(11)
     n = 300
     prob = AdaptiveProblem(
@@ -184,13 +202,14 @@ def test_coordinate_descent_matches_the_loop_to_the_bit():
     )
     scale = prob.objective(start, s)
     with (
-        mock.patch.object(adaptive, "_fold_h", wraps=adaptive._fold_h) as prefix,
+        mock.patch.object(adaptive, "_fold", wraps=adaptive._fold) as prefix,
         mock.patch.object(adaptive, "_descend_tail", wraps=adaptive._descend_tail) as sweep,
         mock.patch.object(adaptive, "_descend", wraps=adaptive._descend) as one_by_one,
     ):
         for lam in (-scale, 0.0, 1e-4 * scale, scale):
             fast = adaptive._q_descent(prob, times, s, start, lam)
-            assert np.array_equal(fast, _ref_q_descent(prob, times, s, start, lam))
+            plain = reference.q_descent(prob, times, s, start, lam)
+            np.testing.assert_allclose(fast, plain, rtol=0, atol=1e-12)
     assert prefix.call_count > 0  # some sweeps had a fast prefix
     stepped = sum(len(c.args[0]) for c in one_by_one.call_args_list)
     assert stepped < 0.4 * n * sweep.call_count  # and most visits skipped the Python step (29% stepped)
@@ -213,80 +232,84 @@ def test_a_run_at_a_bound_is_cut_where_a_client_leaves():
         plain: list[float] = []
         h_ref, r_ref = adaptive._descend(t.tolist(), d.tolist(), (d / qs).tolist(), suffix.tolist(),
                                          after.tolist(), 0.0, 3.0, lam, 0.01, 1.0, plain)  # fmt: skip
-        assert np.array_equal(fast, plain) and (h, r) == (h_ref, r_ref)
+        np.testing.assert_allclose(fast, plain, rtol=1e-12)
+        assert (h, r) == pytest.approx((h_ref, r_ref), rel=1e-12)
         assert fast[110] != 0.01 and (fast[60:110] == 0.01).all()
 
 
-def test_exchange_matches_the_loop_and_its_estimate_stays_within_its_bound():
-    """The exchange decides from an estimate of the forward sums H when the decision is clear by
-    more than the estimate's error bound. The bound holds at every step (against the loop's own
-    H), the estimate decides almost every step, and the result is the loop's to the bit."""
-    prob = _random_problem(1, 150)
-    s = np.full(prob.n, max(prob.options))
-    start = _ref_project(prob, np.clip(np.random.default_rng(2).uniform(0, 2 * prob.k / prob.n, prob.n),
-                                       prob.q_min, prob.q_max))  # fmt: skip
-    expected = _ref_exchange(prob, s, start)
-    state = adaptive._Exchange(prob, s, start)
-    value, steps = prob.objective(start, s), 0
-    while True:
-        if state.has_estimate:
-            loop_h = adaptive._Exchange(prob, s, state.q)._loop_h()
-            assert (np.abs(state.h_est - loop_h) <= state.h_est_bound()).all()
-        e_max, r = state.expected_max(), state.rounds()
-        assert e_max == float(_ref_expected_max(prob.times(s), state.q)) and r == float(
-            prob.rounds(state.q, s)
-        )
-        found = state.pair(value, e_max, r)
-        if found is None:
-            break
-        i, j = found
-        delta, new = adaptive._pair_move(prob, state.q, state.d, i, j, state.corners(i, j), r)
-        if not new < value * (1 - 1e-12):
-            break
-        state.move(i, j, delta)
-        value, steps = new, steps + 1
-    assert steps > 50 and state.exact_runs <= steps // 10
-    assert np.array_equal(state.q, expected)
-    assert np.array_equal(adaptive._exchange(prob, s, start), expected)
-
-
-def test_exchange_decisions_are_the_exact_ones_whatever_the_estimate_within_its_bound():
-    """``_Exchange.pair`` with H estimated anywhere within +-1e-4 of the loop's H (and told so)
-    picks the pair, or stops, exactly as the loop's gradient does; clear steps are decided from
-    the estimate, unclear ones by the loop."""
-    prob = _random_problem(1, 150)
+def test_exchange_state_follows_its_moves():
+    """``_Exchange`` keeps E[max], rounds, the gradient (forward sums from one cumulative sum,
+    or folded directly below a client at q = 1) and a pair's four corners up to date as pairs
+    move; each agrees with a fresh evaluation (the gradient with the plain loop's,
+    ``adaptive_reference.gradient``) within 1e-9 of its scale."""
+    prob = dataclasses.replace(_random_problem(1, 150), q_max=1.0)
     s = np.full(prob.n, max(prob.options))
     times = prob.times(s)
-    rng = np.random.default_rng(3)
-    q = _ref_project(prob, np.clip(rng.uniform(0, 2 * prob.k / prob.n, prob.n), prob.q_min, prob.q_max))
-    state = adaptive._Exchange(prob, s, q)
-    value, steps = prob.objective(q, s), 0
-    for steps in range(1, 61):  # noqa: B007
-        g = _ref_gradient(prob, times, s, state.q)
-        up, down = np.flatnonzero(state.q < prob.q_max - 1e-12), np.flatnonzero(state.q > prob.q_min + 1e-12)
-        i, j = int(up[np.argmin(g[up])]), int(down[np.argmax(g[down])])
-        exact = None if i == j or g[j] - g[i] <= 1e-9 * abs(value) else (i, j)
-        state.h_est[:] = adaptive._Exchange(prob, s, state.q)._loop_h() + rng.uniform(-1e-4, 1e-4, prob.n)
-        state.has_estimate, state.est_abs, state.est_rel = True, 1e-4, 0.0
-        assert state.pair(value, state.expected_max(), state.rounds()) == exact
-        if exact is None:
-            break
-        delta, value = _ref_pair_move(prob, times, s, state.q, i, j)
-        state.move(i, j, delta)
-    assert steps > 20 and 0 < state.exact_runs < steps - 5
+    rng = np.random.default_rng(2)
+    # three clients at q = 1, in the middle of the T order and near its top, the others below 0.9
+    order = np.argsort(times, kind="stable")
+    start = np.ones(prob.n)
+    rest = np.ones(prob.n, dtype=bool)
+    rest[order[[40, 90, 130]]] = False
+    drawn = rng.uniform(0, 2 * prob.k / prob.n, rest.sum())
+    start[rest] = reference.project(dataclasses.replace(prob, k=prob.k - 3, q_max=0.9), drawn)
+    state = adaptive._Exchange(prob, s, start)
+    for step in range(40):
+        q = state.q
+        e_max, r = state.expected_max(), state.rounds()
+        assert e_max == pytest.approx(float(expected_max(times, q)), rel=1e-12)
+        assert r == pytest.approx(float(prob.rounds(q, s)), rel=1e-12)
+        g = np.empty(prob.n)
+        g[state.order] = state.gradient(e_max, r)
+        want = reference.gradient(prob, times, s, q)
+        np.testing.assert_allclose(g, want, rtol=0, atol=1e-9 * np.abs(want).max())
+        i, j = (int(c) for c in rng.choice(prob.n, 2, replace=False))
+        corners = np.repeat(q[None, :], 4, axis=0)
+        corners[:, i], corners[:, j] = [0, 1, 0, 1], [0, 0, 1, 1]
+        np.testing.assert_allclose(state.corners(i, j), expected_max(times, corners), rtol=1e-12)
+        # all the room on the pair's line or half of it, so that clients reach q = 1 and leave it
+        room = min(prob.q_max - q[i], q[j] - prob.q_min)
+        state.move(i, j, room if step % 3 == 0 else 0.5 * room)
+    assert abs(state.q.sum() - prob.k) < 1e-12 * prob.n
 
 
-def test_sketch_step_matches_the_loop():
+@pytest.mark.parametrize(("seed", "n"), [(1, 150), (2, 300)])
+def test_exchange_is_as_good_as_the_plain_loop(seed, n):
+    """From the same start, the fast exchange ends feasible and within ``OBJECTIVE_RTOL`` of the
+    plain loop's (``adaptive_reference.exchange``), having taken many steps."""
+    prob = _random_problem(seed, n)
+    s = np.full(prob.n, max(prob.options))
+    drawn = np.random.default_rng(2).uniform(0, 2 * prob.k / prob.n, prob.n)
+    start = reference.project(prob, np.clip(drawn, prob.q_min, prob.q_max))
+    with mock.patch.object(adaptive, "_pair_move", wraps=adaptive._pair_move) as moves:
+        fast = adaptive._exchange(prob, s, start)
+    assert moves.call_count > 50
+    assert abs(fast.sum() - prob.k) <= 1e-9 * prob.k
+    assert (fast >= prob.q_min - 1e-12).all() and (fast <= prob.q_max + 1e-12).all()
+    value = prob.objective(fast, s)
+    assert value <= prob.objective(reference.exchange(prob, s, start), s) * (1 + OBJECTIVE_RTOL)
+    assert value < prob.objective(start, s)
+
+
+def test_sketch_step_is_as_good_as_the_loop_and_leaves_no_client_a_better_option():
     """The s step with the slot folds against the loop that re-sorts per trial, from both starts,
-    with clients above q = 1/2 (taken out of the folds first) and below."""
+    with clients above q = 1/2 (taken out of the folds first) and below: F within
+    ``OBJECTIVE_RTOL`` of the loop's, and no client can lower F by changing its option alone
+    (beyond rounding)."""
     prob = _random_problem(1, 150)
-    q = _ref_project(prob, np.random.default_rng(4).uniform(0, 2.5 * prob.k / prob.n, prob.n))
+    q = reference.project(prob, np.random.default_rng(4).uniform(0, 2.5 * prob.k / prob.n, prob.n))
     assert (q > 0.5).sum() > 10 and (q < 0.5).sum() > 10
+    options = np.asarray(prob.options)
     for start in (max(prob.options), min(prob.options)):
         s = np.full(prob.n, start)
         fast = adaptive._solve_s(prob, q, s)
-        assert np.array_equal(fast, _ref_solve_s(prob, q, s))
         assert (fast != start).sum() > 10
+        value = prob.objective(q, fast)
+        assert value <= prob.objective(q, reference.solve_s(prob, q, s)) * (1 + OBJECTIVE_RTOL)
+        trials = np.repeat(fast[None, :], prob.n * len(options), axis=0)
+        trials[np.arange(len(trials)), np.repeat(np.arange(prob.n), len(options))] = np.tile(options, prob.n)
+        alone = prob.rounds(q, trials) * expected_max(prob.times(trials), q)
+        assert alone.min() >= value * (1 - 1e-12)
 
 
 def test_slot_folds_give_the_fold_after_every_slot():
@@ -329,8 +352,9 @@ def test_adaptive_plan_samples_slow_clients_less_and_beats_uniform():
     uniform = prob.objective(np.full(n, k / n), np.ones(n))
     assert uniform / plan.objective > 1.3
     assert np.corrcoef(plan.q, tau)[0, 1] < -0.3
-    assert np.isclose(plan.q.sum(), k) and (plan.s < 1).any()
-    _assert_same_plan(plan, reference_solve(prob))
+    assert (plan.s < 1).any()
+    _assert_feasible(plan, prob)
+    _assert_as_good_as_reference(plan, reference.solve(prob))
 
 
 def test_adaptive_run_logs_q_s_and_a_clock_of_equal_finish_rounds(tmp_path):
@@ -402,191 +426,3 @@ def test_a_round_nobody_joins_is_logged_and_leaves_the_model_alone(tmp_path):
     assert (empty["round_delay_s"] == 0).all() and empty["train_loss"].isna().all()
     assert (rounds.loc[rounds["sampled"] > 0, "round_delay_s"] > 0).all()
     np.testing.assert_allclose(rounds["sim_time_s"], rounds["round_delay_s"].cumsum())
-
-
-# The solver as it was before it was made fast (plain loops, O(N^2.5)), kept here only as the
-# reference the fast one must reproduce: same visits, same decisions, so the same plans.
-
-
-def _ref_expected_max(times: np.ndarray, q: np.ndarray) -> np.ndarray:
-    times, q = np.broadcast_arrays(times, q)
-    order = np.argsort(times, axis=-1, kind="stable")
-    t, qs = np.take_along_axis(times, order, -1), np.take_along_axis(q, order, -1)
-    miss = 1.0 - qs
-    suffix = np.concatenate([np.cumprod(miss[..., :0:-1], axis=-1)[..., ::-1], np.ones_like(qs[..., :1])], -1)
-    return np.sum(t * qs * suffix, axis=-1)
-
-
-def _ref_objective(prob: AdaptiveProblem, q: np.ndarray, s: np.ndarray) -> float:
-    return float(prob.rounds(q, s) * _ref_expected_max(prob.times(s), q))
-
-
-def _ref_q_descent(prob, times, s, q, lam):
-    order = np.argsort(times, kind="stable")
-    t = times[order].tolist()
-    qs = q[order].tolist()
-    d = (prob.a1 * prob.share**2 * prob.grad_sq)[order].tolist()
-    r_total = float(prob.rounds(q, s))
-    lo, hi, n = prob.q_min, prob.q_max, len(t)
-    for _ in range(1000):
-        suffix = [1.0] * n
-        after = [0.0] * n
-        for i in range(n - 2, -1, -1):
-            suffix[i] = suffix[i + 1] * (1 - qs[i + 1])
-            after[i] = after[i + 1] + t[i + 1] * qs[i + 1] * suffix[i + 1]
-        h, moved = 0.0, 0.0
-        for i in range(n):
-            alpha = after[i] + suffix[i] * h
-            beta = suffix[i] * (t[i] - h)
-            c = r_total - d[i] / qs[i]
-            slope = c * beta + lam
-            new = hi if slope <= 0 else min(hi, max(lo, math.sqrt(d[i] * alpha / slope)))
-            r_total += d[i] / new - d[i] / qs[i]
-            moved = max(moved, abs(new - qs[i]))
-            qs[i] = new
-            h = h * (1 - new) + t[i] * new
-        if moved < 1e-9:
-            break
-    out = np.empty(n)
-    out[order] = qs
-    return out
-
-
-def _ref_solve_q(prob, s, q):
-    times = prob.times(s)
-    scale = max(_ref_objective(prob, q, s), 1e-12)
-    lo_lam, hi_lam = -scale, scale
-    q_lo = _ref_q_descent(prob, times, s, q, lo_lam)
-    while q_lo.sum() < prob.k and lo_lam > -1e12 * scale:
-        lo_lam *= 4
-        q_lo = _ref_q_descent(prob, times, s, q_lo, lo_lam)
-    q_hi = _ref_q_descent(prob, times, s, q, hi_lam)
-    while q_hi.sum() > prob.k and hi_lam < 1e12 * scale:
-        hi_lam *= 4
-        q_hi = _ref_q_descent(prob, times, s, q_hi, hi_lam)
-    best = q_lo
-    for _ in range(200):
-        mid = 0.5 * (lo_lam + hi_lam)
-        best = _ref_q_descent(prob, times, s, best, mid)
-        total = best.sum()
-        if abs(total - prob.k) <= 1e-3 * prob.k:
-            break
-        if total > prob.k:
-            lo_lam = mid
-        else:
-            hi_lam = mid
-    return _ref_exchange(prob, s, _ref_project(prob, best))
-
-
-def _ref_project(prob, q):
-    lo, hi = -1.0, 1.0
-    for _ in range(100):
-        mid = 0.5 * (lo + hi)
-        if np.clip(q + mid, prob.q_min, prob.q_max).sum() > prob.k:
-            hi = mid
-        else:
-            lo = mid
-    return np.clip(q + 0.5 * (lo + hi), prob.q_min, prob.q_max)
-
-
-def _ref_gradient(prob, times, s, q):
-    order = np.argsort(times, kind="stable")
-    t, qs = times[order], q[order]
-    miss = 1.0 - qs
-    suffix = np.append(np.cumprod(miss[:0:-1])[::-1], 1.0)
-    h = np.zeros_like(t)
-    for i in range(1, len(t)):
-        h[i] = h[i - 1] * miss[i - 1] + t[i - 1] * qs[i - 1]
-    d_e = np.empty_like(t)
-    d_e[order] = suffix * (t - h)
-    d_r = -prob.a1 * prob.share**2 * prob.grad_sq / q**2
-    return float(_ref_expected_max(times, q)) * d_r + float(prob.rounds(q, s)) * d_e
-
-
-def _ref_pair_move(prob, times, s, q, i, j):
-    d = prob.a1 * prob.share**2 * prob.grad_sq
-    corners = np.repeat(q[None, :], 4, axis=0)
-    corners[:, i] = [0, 1, 0, 1]
-    corners[:, j] = [0, 0, 1, 1]
-    e00, e10, e01, e11 = _ref_expected_max(times, corners)
-    lo = max(prob.q_min - q[i], q[j] - prob.q_max)
-    hi = min(prob.q_max - q[i], q[j] - prob.q_min)
-    base_r = float(prob.rounds(q, s)) - d[i] / q[i] - d[j] / q[j]
-    grid = np.linspace(0.0, 1.0, 65)
-    a, b = lo, hi
-    best, value = 0.0, np.inf
-    for _zoom in range(4):
-        delta = a + (b - a) * grid
-        x, y = q[i] + delta, q[j] - delta
-        e = e00 * (1 - x) * (1 - y) + e10 * x * (1 - y) + e01 * (1 - x) * y + e11 * x * y
-        f = (base_r + d[i] / x + d[j] / y) * e
-        k = int(np.argmin(f))
-        best, value = float(delta[k]), float(f[k])
-        step = (b - a) / (len(grid) - 1)
-        a, b = max(lo, best - step), min(hi, best + step)
-    return best, value
-
-
-def _ref_exchange(prob, s, q):
-    times = prob.times(s)
-    q = q.copy()
-    value = _ref_objective(prob, q, s)
-    for _ in range(50 * prob.n):
-        g = _ref_gradient(prob, times, s, q)
-        up = np.flatnonzero(q < prob.q_max - 1e-12)
-        down = np.flatnonzero(q > prob.q_min + 1e-12)
-        if not len(up) or not len(down):
-            break
-        i = int(up[np.argmin(g[up])])
-        j = int(down[np.argmax(g[down])])
-        if i == j or g[j] - g[i] <= 1e-9 * max(abs(value), 1e-12):
-            break
-        delta, new = _ref_pair_move(prob, times, s, q, i, j)
-        if not new < value * (1 - 1e-12):
-            break
-        q[i] += delta
-        q[j] -= delta
-        value = new
-    return q
-
-
-def _ref_solve_s(prob, q, s):
-    s = s.copy()
-    options = np.asarray(prob.options, dtype=np.float64)
-    for _ in range(50):
-        changed = False
-        for i in range(prob.n):
-            trial = np.repeat(s[None, :], len(options), axis=0)
-            trial[:, i] = options
-            values = prob.rounds(q, trial) * _ref_expected_max(prob.times(trial), q)
-            best = options[int(np.argmin(values))]
-            if best != s[i]:
-                s[i], changed = best, True
-        if not changed:
-            break
-    return s
-
-
-def reference_solve(prob: AdaptiveProblem, tol: float = 1e-6, max_iterations: int = 100) -> AdaptivePlan:
-    """The plan of the solver before it was made fast (benchmarks/adaptive_solver.py times it too)."""
-    start_time = time.perf_counter()
-    uniform_q = np.full(prob.n, prob.k / prob.n)
-    best = None
-    for start in (max(prob.options), min(prob.options)):
-        s = np.full(prob.n, float(start))
-        q = np.clip(uniform_q, prob.q_min, prob.q_max)
-        value, it = math.inf, 0
-        while it < max_iterations:
-            it += 1
-            q = _ref_solve_q(prob, s, q)
-            s = _ref_solve_s(prob, q, s)
-            new = _ref_objective(prob, q, s)
-            done = abs(value - new) <= tol * abs(new)
-            value = new
-            if done:
-                break
-        if best is None or value < best[0]:
-            best = (value, q, s, it)
-    value, q, s, it = best
-    return AdaptivePlan(q, s, value, float(prob.rounds(q, s)), float(_ref_expected_max(prob.times(s), q)), it,
-                        time.perf_counter() - start_time)  # fmt: skip

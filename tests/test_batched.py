@@ -9,15 +9,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fedlora_ray.algorithm.client import ClientTrainer
 from fedlora_ray.algorithm.messages import ClientReply, ClientTask
 from fedlora_ray.algorithm.schedule import cut_passes
 from fedlora_ray.batched.optim import StackedAdamW
 from fedlora_ray.batched.streams import ClientStreams, Slot
 from fedlora_ray.config import RunConfig, replace
+from fedlora_ray.engine.serial import run_serial
+from fedlora_ray.engine.trainer import ClientTrainer
 from fedlora_ray.lora.adapter import Adapter
 from fedlora_ray.lora.orthogonality import orthogonal_penalty
-from fedlora_ray.serial import run_serial
 from tests.conftest import needs_timm, tiny_config
 from tests.test_efficientnet import TINY as EFFICIENTNET_TINY
 from tests.test_fashion_mnist import make_fashion_mnist

@@ -27,7 +27,7 @@ def _no_run(*args, **kwargs):  # stands in for the backends: a bad config must s
 
 def _refused(argv, capsys, monkeypatch) -> str:
     # run_command imports the backend it needs; hand it stand-ins (which also keeps Ray unloaded)
-    for module, name in (("actors.launch", "run_on_ray"), ("fedlora_ray.serial", "run_serial")):
+    for module, name in (("actors.launch", "run_on_ray"), ("fedlora_ray.engine.serial", "run_serial")):
         fake = types.ModuleType(module)
         setattr(fake, name, _no_run)
         monkeypatch.setitem(sys.modules, module, fake)
@@ -60,22 +60,40 @@ def test_out_naming_an_existing_file_is_refused_up_front(tmp_path, capsys, monke
     assert "is a file, not a folder" in err
 
 
-def test_model_and_data_checks_run_before_ray(tmp_path, capsys, monkeypatch):
-    # smoke.yaml asks for the Ray backend: these must stop before it starts
+def test_data_checks_run_before_ray(tmp_path, capsys, monkeypatch):
+    # smoke.yaml asks for the Ray backend: the config and data checks stop before it starts
     smoke, out = str(ROOT / "jobs/configs/smoke.yaml"), str(tmp_path / "run")
-    err = _refused(
-        ["run", smoke, "--out", out, "--set", "model.target_modules=[nosuch]"], capsys, monkeypatch
-    )
-    assert "'model.target_modules[0]' = 'nosuch'" in err and "'query'" in err
     err = _refused(
         ["run", smoke, "--out", out, "--set", "federation.num_clients=100000"], capsys, monkeypatch
     )
     assert "'federation.num_clients' = 100000" in err and "training examples" in err
-    err = _refused(["run", smoke, "--out", out, "--set", "model.lora_rank=65"], capsys, monkeypatch)
-    assert "'model.lora_rank' = 65" in err and "<= 64" in err
     err = _refused(["run", smoke, "--out", out, "--set", "federation.seed=-1"], capsys, monkeypatch)
     assert "'federation.seed' = -1" in err and ">= 0" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_model_checks_run_where_the_model_is_built_before_any_training(tmp_path, capsys, ray_cluster):
+    """Names and ranks the base model cannot take are refused by the client trainer that builds
+    it (so the launching process never loads torch), with the same message: on the serial
+    backend in this process, on Ray from the first client actor, before any round or log."""
+    smoke, out = str(ROOT / "jobs/configs/smoke.yaml"), tmp_path / "run"
+    serial = [arg for item in TINY for arg in ("--set", item)]
+    assert main(["run", smoke, "--out", str(out), *serial, "--set", "model.target_modules=[nosuch]"]) == 2
+    err = capsys.readouterr().err
+    assert "'model.target_modules[0]' = 'nosuch'" in err and "'query'" in err and "Traceback" not in err
+    on_ray = [
+        *serial,
+        "--set",
+        "runtime.backend=ray",
+        "--set",
+        f"runtime.ray_address={ray_cluster['address']}",
+    ]
+    assert main(["run", smoke, "--out", str(out), *on_ray, "--set", "model.lora_rank=65"]) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # after Ray's own lines on joining the cluster
+    assert last.startswith("fedlora-ray: error: config field 'model.lora_rank' = 65") and "<= 64" in last
+    assert "Traceback" not in err and "ray::" not in err
+    assert not (out / "rounds.parquet").exists() and not (out / "checkpoint").exists()
 
 
 def test_serial_run_through_the_cli(tmp_path, capsys):

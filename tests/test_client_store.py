@@ -8,12 +8,13 @@ import gc
 import pytest
 import torch
 
-from fedlora_ray.algorithm.callbacks import Callback
-from fedlora_ray.algorithm.client_store import CLIENT_STORE_DIR, ClientStateFiles, ClientStore, state_nbytes
-from fedlora_ray.algorithm.run import FederatedRun, resume_config
+from fedlora_ray.engine.callbacks import Callback
+from fedlora_ray.engine.client_store import CLIENT_STORE_DIR, ClientStateFiles, ClientStore, state_nbytes
+from fedlora_ray.engine.run import FederatedRun
+from fedlora_ray.engine.serial import SerialBackend, resume_serial
+from fedlora_ray.preflight import resume_config
 from fedlora_ray.rundir import load_checkpoint
 from fedlora_ray.rundir.checkpoint import checkpoint_round, checkpoints
-from fedlora_ray.serial import SerialBackend, resume_serial
 from tests.conftest import tiny_config
 from tests.resume_helpers import assert_same_run
 

@@ -96,7 +96,7 @@ def test_tsfa_builds_the_model_at_the_offline_rank(tmp_path):
 
     import pandas as pd
 
-    from fedlora_ray.serial import run_serial
+    from fedlora_ray.engine.serial import run_serial
     from tests.conftest import tiny_config
 
     cfg = tiny_config(

@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from fedlora_ray.config import ConfigError, ModelConfig
+from fedlora_ray.engine.serial import run_serial
 from fedlora_ray.lora import get_adapter, set_adapter
 from fedlora_ray.lora.adapter import lora_parameters
 from fedlora_ray.lora.rank_mask import lora_b_modules, rank_mask
 from fedlora_ray.lora.save import save_adapter
 from fedlora_ray.preflight import check_run
-from fedlora_ray.serial import run_serial
 from fedlora_ray.tasks import Split, lora_module_dims, model_family
 from fedlora_ray.train import train_local
 from tests.conftest import needs_timm, tiny_config

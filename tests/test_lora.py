@@ -111,7 +111,7 @@ def test_building_the_model_prints_no_warnings_or_progress_bars():
 def test_load_classifier_from_a_run_directory(tmp_path):
     from fedlora_ray import load_classifier
     from fedlora_ray.data import load_wordnet
-    from fedlora_ray.serial import run_serial
+    from fedlora_ray.engine.serial import run_serial
     from fedlora_ray.tasks.bert import tokenize
 
     cfg = tiny_config("federation.rounds=2")

@@ -35,7 +35,7 @@ import pytest
 from safetensors.torch import load_file
 
 from fedlora_ray.components import load_run_config
-from fedlora_ray.serial import run_serial
+from fedlora_ray.engine.serial import run_serial
 from tests.conftest import ROOT, TINY, free_port, ray_bin, wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

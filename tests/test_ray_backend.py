@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from actors.backend import RayBackend
 from actors.launch import run_on_ray
-from fedlora_ray.serial import run_serial
+from fedlora_ray.engine.serial import run_serial
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.ray

@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 import torch
 
-from fedlora_ray.algorithm.run import FederatedRun
 from fedlora_ray.algorithm.schemes import SCHEMES, register_scheme
 from fedlora_ray.algorithm.schemes.fedavg import FedAvg
 from fedlora_ray.components import load_run_config, registered_names
@@ -20,7 +19,8 @@ from fedlora_ray.config import ConfigError, RunConfig
 from fedlora_ray.control import CONTROLLERS, register_controller
 from fedlora_ray.control.base import ControllerState
 from fedlora_ray.control.equal import Equal
-from fedlora_ray.serial import SerialBackend, run_serial
+from fedlora_ray.engine.run import FederatedRun
+from fedlora_ray.engine.serial import SerialBackend, run_serial
 from fedlora_ray.tasks import lora_module_dims
 from tests.conftest import TINY, tiny_config
 

@@ -8,11 +8,11 @@ import random
 import pandas as pd
 import pytest
 
-from fedlora_ray.algorithm.run import resume_config
 from fedlora_ray.config import ConfigError
+from fedlora_ray.engine.serial import resume_serial, run_serial
+from fedlora_ray.preflight import resume_config
 from fedlora_ray.rundir import read_log
 from fedlora_ray.rundir.checkpoint import checkpoints
-from fedlora_ray.serial import resume_serial, run_serial
 from tests.conftest import tiny_config, wait_for
 from tests.resume_helpers import assert_same_run, kill_after, start_child
 
@@ -110,3 +110,25 @@ def test_on_ray_killed_resumed_and_extended_equals_one_go(reference, ray_session
     assert len(pd.read_parquet(out / "rounds.parquet")) == 4
     run_on_ray(resume_config(out, ["federation.rounds=6"]), out, resume=True)
     assert_same_run(out, want)
+
+
+def test_a_checkpoint_written_before_a_module_moved_resumes(tmp_path, monkeypatch):
+    """A checkpoint names the client store's class by its module; one written when the store
+    lived in fedlora_ray.algorithm still loads (fedlora_ray.rundir.checkpoint maps the move)."""
+    import sys
+
+    from fedlora_ray.engine import client_store
+    from fedlora_ray.rundir.checkpoint import load_checkpoint
+
+    old = "fedlora_ray.algorithm.client_store"
+    monkeypatch.setitem(sys.modules, old, client_store)  # so that pickling can name the old path
+    monkeypatch.setattr(client_store.ClientStore, "__module__", old)
+    monkeypatch.setattr(client_store._restore, "__module__", old)  # what the store pickles as
+    cfg = tiny_config("federation.rounds=2", "checkpoint.every=2", "compression.method=soft")
+    run_serial(cfg, tmp_path / "run")
+    newest = checkpoints(tmp_path / "run")[-1]
+    monkeypatch.undo()
+    assert old not in sys.modules and old.encode() in newest.read_bytes()
+    state = load_checkpoint(newest)["state"]
+    assert type(state.clients) is client_store.ClientStore and len(state.clients) > 0
+    assert resume_serial(tmp_path / "run", ["federation.rounds=3"])["rounds"] == 3

@@ -10,7 +10,6 @@ import torch
 from conftest import tiny_config
 
 from fedlora_ray.algorithm.aggregate import aggregate_update, hetlora_target, zero_pad
-from fedlora_ray.algorithm.client import ClientTrainer
 from fedlora_ray.algorithm.messages import ClientTask
 from fedlora_ray.algorithm.schemes import draw_client_ratios, make_scheme
 from fedlora_ray.algorithm.schemes.fslora import sketch_components
@@ -18,6 +17,7 @@ from fedlora_ray.algorithm.server_opt import ServerOptState, server_step
 from fedlora_ray.compress import apply_payload
 from fedlora_ray.compress.base import rank_component_positions
 from fedlora_ray.config import replace
+from fedlora_ray.engine.trainer import ClientTrainer
 from fedlora_ray.lora.adapter import Adapter, lora_parameters, set_adapter
 from fedlora_ray.lora.rank_mask import lora_b_modules, rank_mask
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from peft import PeftModel
 
-from fedlora_ray.algorithm.run import FederatedRun
+from fedlora_ray.engine.run import FederatedRun
+from fedlora_ray.engine.serial import SerialBackend, run_serial
 from fedlora_ray.lora.model import build_encoder
-from fedlora_ray.serial import SerialBackend, run_serial
 from tests.conftest import tiny_config
 
 

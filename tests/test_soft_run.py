@@ -5,10 +5,10 @@ import pandas as pd
 import pytest
 import torch
 
-from fedlora_ray.algorithm.run import FederatedRun
 from fedlora_ray.compress import module_budget
+from fedlora_ray.engine.run import FederatedRun
+from fedlora_ray.engine.serial import SerialBackend
 from fedlora_ray.lora.orthogonality import orthogonal_penalty, orthogonality_error
-from fedlora_ray.serial import SerialBackend
 from tests.conftest import tiny_config
 
 

@@ -123,7 +123,7 @@ def test_a_sweep_runs_on_the_cluster_skips_resumes_and_reads_as_one_table(ray_se
     with a second seed and one more round: the finished runs resume from their checkpoints (and
     equal one-go runs), the new ones start, and the broken ones fail again."""
     from actors.cli import main
-    from fedlora_ray.serial import run_serial
+    from fedlora_ray.engine.serial import run_serial
     from tests.conftest import tiny_config
 
     spec = _spec(
@@ -193,8 +193,8 @@ def test_a_run_writes_to_a_uri_and_resumes_from_it(tmp_path, monkeypatch):
     import fedlora_ray.storage as storage
 
     importlib.reload(storage)
-    monkeypatch.setattr("fedlora_ray.algorithm.mirror.Mirror", storage.Mirror)
-    from fedlora_ray.serial import resume_serial, run_serial
+    monkeypatch.setattr("fedlora_ray.engine.mirror.Mirror", storage.Mirror)
+    from fedlora_ray.engine.serial import resume_serial, run_serial
     from tests.conftest import tiny_config
 
     uri = f"file://{tmp_path}/remote/run"

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from fedlora_ray.config import ConfigError, ModelConfig, RunConfig
-from fedlora_ray.serial import run_serial
+from fedlora_ray.engine.serial import run_serial
 from fedlora_ray.tasks import (
     DATASETS,
     MODELS,
@@ -130,7 +130,7 @@ def test_unknown_task_names_are_refused_with_the_registered_ones():
 
 
 def test_the_round_and_the_trainer_name_no_dataset_or_model_family():
-    files = ["fedlora_ray/algorithm", "fedlora_ray/train.py", "fedlora_ray/serial.py", "actors"]
+    files = ["fedlora_ray/algorithm", "fedlora_ray/train.py", "fedlora_ray/engine/serial.py", "actors"]
     found = subprocess.run(
         ["grep", "-rEn", "wordnet|minilm|tokeni[sz]|Bert|load_wordnet", *files],
         cwd=ROOT, capture_output=True, text=True,

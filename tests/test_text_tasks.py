@@ -14,9 +14,9 @@ import torch
 import fedlora_ray.tasks.ag_news as ag_news
 import fedlora_ray.tasks.distilbert  # noqa: F401  (registers distilbert, distilbert_tiny)
 from fedlora_ray.config import ConfigError, load_config
+from fedlora_ray.engine.serial import run_serial
 from fedlora_ray.lora.adapter import get_adapter
 from fedlora_ray.preflight import check_run
-from fedlora_ray.serial import run_serial
 from fedlora_ray.tasks import lora_module_dims, model_family
 from tests.conftest import tiny_config
 

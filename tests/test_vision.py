@@ -20,9 +20,9 @@ from safetensors import safe_open
 import fedlora_ray.tasks.cifar100  # noqa: F401  (registers data.dataset: cifar100)
 import fedlora_ray.tasks.vit  # noqa: F401  (registers model.name: vit_b16, vit_tiny)
 from fedlora_ray.config import ConfigError, ModelConfig, load_config
+from fedlora_ray.engine.serial import run_serial
 from fedlora_ray.lora.adapter import lora_parameters
 from fedlora_ray.preflight import check_run
-from fedlora_ray.serial import run_serial
 from fedlora_ray.tasks import Split, load_splits, lora_module_dims, model_family
 from fedlora_ray.tasks.cifar100 import cifar100_splits
 from fedlora_ray.tasks.vit import IMAGENET_MEAN, IMAGENET_STD, VisionClassifier, VitFamily

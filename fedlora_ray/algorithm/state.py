@@ -9,12 +9,12 @@ resources.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
-from fedlora_ray.algorithm.client_store import ClientStore
 from fedlora_ray.algorithm.sampling import SAMPLINGS, Sampling
 from fedlora_ray.algorithm.schemes import Scheme, make_scheme
 from fedlora_ray.algorithm.server_opt import ServerOptState
@@ -24,13 +24,24 @@ from fedlora_ray.control import Controller, ControllerState, make_controller
 from fedlora_ray.lora.adapter import Adapter
 
 
+class ClientStates(Protocol):
+    """Each client's state between its rounds (its error memory), as the round sees it. The
+    engine's ``ClientStore`` is the one in use: in RAM up to a cap, then in versioned files."""
+
+    def get(self, client: int, default: dict[str, Any], /) -> dict[str, Any]: ...
+
+    def updated(self, round_: int, states: Mapping[int, dict[str, Any]]) -> ClientStates:
+        """A new snapshot with ``states`` replacing those of their clients."""
+        ...
+
+
 @dataclass(frozen=True)
 class RunState:
     round: int  # rounds finished (0 before the first)
     adapter: Adapter  # the global LoRA factors and head
     server_opt: ServerOptState  # server Adam's moments (empty for sgd)
     controller: ControllerState  # virtual queue and the client plan (q_i, k_i)
-    clients: ClientStore = field(default_factory=ClientStore)  # per-client state: error memory
+    clients: ClientStates  # per-client state: error memory
     sim_time: float = 0.0  # simulated clock, s
 
 
@@ -48,14 +59,12 @@ class RunContext:
 
 
 def build_context(
-    cfg: RunConfig, adapter: Adapter, labels: np.ndarray, label_names: tuple[str, ...]
+    cfg: RunConfig, adapter: Adapter, partition: list[np.ndarray], label_names: tuple[str, ...]
 ) -> RunContext:
-    """Everything fixed for the run: the partition of ``labels`` (the training labels), the
-    clients' drawn resources, and the scheme, controller and sampler the config names."""
-    from fedlora_ray.data import partition_indices
-
+    """Everything fixed for the run: the clients' training examples (``partition``, drawn once
+    before the run from the training labels), their drawn resources, and the scheme,
+    controller and sampler the config names."""
     fed = cfg.federation
-    partition = partition_indices(labels, fed.num_clients, cfg.data, fed.seed)
     sizes = np.array([len(p) for p in partition], dtype=np.float64)
     data_share = sizes / sizes.sum()  # p_i
     uplink = Uplink(cfg.channel, fed.num_clients, fed.seed)
@@ -75,12 +84,10 @@ def build_context(
     )
 
 
-def initial_state(ctx: RunContext, adapter: Adapter, store_dir: Path | None = None) -> RunState:
-    """Round 0: the seeded initial adapter, the controller's plan for the run, and an empty
-    client store that spills past ``runtime.client_store_mem_mb`` to ``store_dir`` (a
-    temporary folder when None)."""
+def initial_state(ctx: RunContext, adapter: Adapter, clients: ClientStates) -> RunState:
+    """Round 0: the seeded initial adapter, the controller's plan for the run, and ``clients``,
+    an empty client store."""
     fed = ctx.cfg.federation
     ratios = ctx.scheme.client_ratios(fed.num_clients, fed.seed)
     controller = ctx.controller.init(ratios)
-    clients = ClientStore.create(store_dir, ctx.cfg.runtime.client_store_mem_mb)
     return RunState(0, adapter.clone(), ServerOptState(), controller, clients, 0.0)

@@ -21,30 +21,30 @@ relaxation's duality gap. (b) s given q: each client tries its options in turn. 
 changes by less than ``tol`` (relative). Two starts (all s at the largest option, all at the
 smallest) and the better result is kept.
 
-How it stays fast at large N [ours]: every step visits the clients in the same order and takes
-the same decisions as the plain loops of the description above (kept in tests/test_adaptive.py
-as ``reference_solve``; the plans agree to the last bit on every problem tried); only the work per
-visit shrinks. N = 10,000 with K = 100 takes about 30 s of one core instead of hours
-(benchmarks/adaptive_solver.py).
+How it stays fast at large N [ours]: every step visits the clients in the same order and makes
+the same kind of decision as the plain loops of the description above (kept in
+``fedlora_ray.control.adaptive_reference``); only the work per visit shrinks. The plans agree
+with the plain loops' within a stated tolerance on the objective (tests/test_adaptive.py), not to
+the bit: the two sum in different orders, so a near-tie may go either way. N = 10,000 with
+K = 100 takes about 25 s of one core instead of hours (benchmarks/adaptive_solver.py).
 
 - E[max] is a fold of the monoid (P, W) over the clients sorted by T: client j is
   (1 - q_j, T_j q_j), left then right combine to (P_L P_R, W_L P_R + W_R), and E[max] is the W
   of the whole list. The shortcuts below are statements about this fold.
-- (a) Coordinate descent: a sweep's backward sums are two numpy cumulative operations (which
-  multiply and add in the loop's order). A prefix of fast clients, those with prod_{l > i} (1 - q_l)
-  so small that the forward sum cannot change their closed form in floating point, is one numpy
-  expression; a run of at least 64 clients at a bound is assumed to stay there, checked in one go
-  and cut at the first client that leaves. Only the other clients take a Python step.
-- (a) Exchange: S, E[max], rounds and the four corners of a pair's move are kept, or recomputed
-  with the same operations, in the sorted order (O(N) numpy a step, no sorting). The gradient's
-  forward sums come from an estimate with a proven error bound; the O(N) loop runs only when the
-  step's choice is not clear by more than that bound.
+- (a) Coordinate descent: a sweep's backward sums are two numpy cumulative operations. A prefix
+  of fast clients, those with prod_{l > i} (1 - q_l) so small that the forward sum cannot change
+  their closed form in floating point, is one numpy expression; a run of at least 64 clients at
+  a bound is assumed to stay there, checked in one go and cut at the first client that leaves.
+  Only the other clients take a Python step.
+- (a) Exchange: S, E[max], rounds and the four corners of a pair's move are kept in the sorted
+  order (O(N) numpy a step, no sorting). The gradient's forward sums come from one cumulative
+  sum: S_i H_i = sum_{j < i} T_j q_j S_j / (1 - q_i).
 - (b) s step: the N x |options| (client, option) times sit in one array sorted once, an inactive
   slot being the identity (1, 0), in blocks that keep their suffix folds. A change of s_i is two
   point updates, the fold of the slots after any time two lookups, and a client's value at every
   option O(1). A block of clients is evaluated at once on the current state and the scan goes on
-  after the first that changes, so the visiting order and the choices are the loop's (the values
-  differ from the loop's by rounding only, which decided no choice in the tests).
+  after the first that changes, so the clients are visited, and decide, one by one in the loop's
+  order.
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ import numpy as np
 
 def expected_max(times: np.ndarray, q: np.ndarray) -> np.ndarray:
     """E[max_{i in S} T_i] for independent participation (0 for an empty S), over the last axis
-    of clients; ``times`` and ``q`` broadcast against each other (batches of either)."""
+    of clients; ``times`` and ``q`` broadcast against each other (batches of either). The formula
+    is docs/algorithms.md §7's: sum_j T_(j) q_(j) prod_{l > j} (1 - q_(l)) in ascending T [ours]."""
     times, q = np.broadcast_arrays(times, q)
     order = np.argsort(times, axis=-1, kind="stable")
     t, qs = np.take_along_axis(times, order, -1), np.take_along_axis(q, order, -1)
@@ -130,7 +131,8 @@ def _descend(
     h: float, r_total: float, lam: float, lo: float, hi: float, out: list[float],
 ) -> tuple[float, float]:  # fmt: skip
     """The coordinate steps of ``_q_descent`` for consecutive clients, one by one (appending the
-    new q to ``out``); returns the forward sum h and rounds after them."""
+    new q to ``out``); returns the forward sum h and rounds after them (docs/algorithms.md §7,
+    step (a) [ours])."""
     sqrt = math.sqrt
     push = out.append
     for ti, di, dqi, si, ai in zip(t, d, dq, suffix, after):
@@ -149,23 +151,26 @@ def _descend(
     return h, r_total
 
 
-def _fold_h(h: float, miss: np.ndarray, w: np.ndarray) -> float:
-    """h <- h miss_k + w_k over k in order, rounded exactly as the scalar loop rounds it; a zero
-    miss (q = 1) sets h to w_k whatever came before, so the loop starts at the last one."""
-    zero = np.flatnonzero(miss == 0.0)
-    if len(zero):
-        last = int(zero[-1])
-        h, miss, w = float(w[last]), miss[last + 1 :], w[last + 1 :]
-    for m, c in zip(miss.tolist(), w.tolist()):
-        h = h * m + c
-    return h
+def _suffix_products(miss: np.ndarray) -> np.ndarray:
+    """prod_{l > j} miss_l for every j of a 1-d array (1 at the end): S_j of docs/algorithms.md §7
+    when miss = 1 - q in ascending T."""
+    out = np.ones(len(miss))
+    out[:-1] = np.cumprod(miss[:0:-1])[::-1]
+    return out
+
+
+def _fold(miss: np.ndarray, w: np.ndarray) -> float:
+    """h after h <- h miss_k + w_k over k in order from h = 0 (the W of the fold (P, W)),
+    i.e. sum_k w_k prod_{l > k} miss_l [ours]."""
+    return float(np.dot(w, _suffix_products(miss))) if len(w) else 0.0
 
 
 def _q_descent_small(
     order: np.ndarray, t: list[float], d: list[float], qs: list[float], r_total: float, lam: float, lo: float,
     hi: float,
 ) -> np.ndarray:  # fmt: skip
-    """``_q_descent`` for a few clients, where numpy's overhead would dominate: plain loops."""
+    """``_q_descent`` for a few clients, where numpy's overhead would dominate (it halves the
+    solve at N <= 40): plain loops (docs/algorithms.md §7, step (a) [ours])."""
     n = len(t)
     for _ in range(1000):
         suffix = [1.0] * n  # S_i
@@ -192,7 +197,7 @@ def _descend_tail(
 ) -> tuple[float, float]:  # fmt: skip
     """Clients m.. of a sweep of ``_q_descent`` in order, writing their new q into ``new_q``. A run
     of at least ``_RUN_MIN`` clients at a bound is assumed to stay there (r then does not move,
-    and H folds linearly), checked in one go and cut at the first client that leaves."""
+    and H folds linearly), checked in one go and cut at the first client that leaves [ours]."""
     n = len(t)
     at_bound = (qs[m:] == lo) | (qs[m:] == hi)
     edges = (
@@ -239,13 +244,14 @@ def _descend_tail(
 def _q_descent(
     prob: AdaptiveProblem, times: np.ndarray, s: np.ndarray, q: np.ndarray, lam: float
 ) -> np.ndarray:
-    """Coordinate descent on F + lam sum q for fixed s, from ``q``. Clients are visited in
+    """Coordinate descent on F + lam sum q for fixed s, from ``q`` (docs/algorithms.md §7, step (a)
+    [ours]; ``adaptive_reference.q_descent`` is the plain loop). Clients are visited in
     ascending T, which keeps every coordinate's affine E[T] = alpha + beta q_i O(1) to update:
     with S_i = prod_{l>i} (1 - q_l), A_i = sum_{j>i} T_j q_j S_j and H_i the forward sum over
     faster clients, alpha = A_i + S_i H_i and beta = S_i (T_i - H_i).
 
     The sweep is Gauss-Seidel in that order. Two kinds of client skip the Python step (the
-    result is the same to the last bit): (1) a prefix of fast clients whose S_i is so small that
+    result is the plain step's up to rounding): (1) a prefix of fast clients whose S_i is so small that
     S_i H_i cannot change A_i in floating point and (r - d_i / q_i) beta cannot change lam, whatever
     H_i and r are (H_i <= max T; r moves by at most sum d / q_min): their closed form is
     sqrt(d_i A_i / lam), one numpy expression; (2) a run of clients at a bound: if they all stay
@@ -287,11 +293,8 @@ def _q_descent(
                 head = np.where(head > lo, head, lo)
                 head = np.where(head < hi, head, hi)
             new_q[:m] = head
-            # r and h in the loop's order (numpy's cumsum adds left to right, as the loop does); a
-            # client that keeps its q adds exactly 0 to r
-            if not np.array_equal(head, old):
-                r_total = float(np.cumsum(np.concatenate(([r_total], d[:m] / head - d[:m] / old)))[-1])
-            h = _fold_h(h, 1 - head, t[:m] * head)
+            r_total += float(np.sum(d[:m] / head - d[:m] / old))
+            h = _fold(1 - head, t[:m] * head)
         # (2) the rest in order, with long runs at a bound tried whole
         h, r_total = _descend_tail(t, d, qs, suffix, after, m, h, r_total, lam, lo, hi, new_q)
         moved = float(np.max(np.abs(new_q - qs)))
@@ -304,8 +307,9 @@ def _q_descent(
 
 
 def _solve_q(prob: AdaptiveProblem, s: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """q given s: bisection on the multiplier until sum q is within 0.1% of K, then a shift onto
-    sum q = K and pairwise exchanges, which finish the job exactly."""
+    """q given s (docs/algorithms.md §7, step (a) [ours]): bisection on the multiplier until
+    sum q is within 0.1% of K, then a shift onto sum q = K and pairwise exchanges, which finish
+    the job."""
     times = prob.times(s)
     scale = max(prob.objective(q, s), 1e-12)
 
@@ -336,7 +340,8 @@ def _solve_q(prob: AdaptiveProblem, s: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 
 def _project(prob: AdaptiveProblem, q: np.ndarray) -> np.ndarray:
-    """The nearest point with sum q = K inside the bounds, moving all clients by one shift."""
+    """The point with sum q = K inside the bounds reached by moving all clients by one shift,
+    found by bisection [ours]."""
     lo, hi = -1.0, 1.0
     for _ in range(100):
         mid = 0.5 * (lo + hi)
@@ -348,26 +353,19 @@ def _project(prob: AdaptiveProblem, q: np.ndarray) -> np.ndarray:
     return out
 
 
-_EPS = 2.0**-53  # unit roundoff of float64
 _GRID = np.linspace(0.0, 1.0, 65)  # the pair move's grid, zoomed in four times
 
 
 class _Exchange:
-    """State of the pair exchange for fixed s, the clients kept in ascending T.
+    """State of the pair exchange for fixed s, the clients kept in ascending T (positions)
+    [ours]. S_i = prod_{l > i} (1 - q_l), the terms v_i = T_i q_i S_i of E[max] and the terms of
+    rounds are kept up to date as pairs move, so that a step is O(N) numpy work with no sorting.
 
-    A step's decisions (the most violating pair and the stop test) need the gradient, whose
-    dE/dq part needs the forward sums H_i = sum_{j < i} T_j q_j prod_{j < l < i} (1 - q_l): an O(N)
-    loop that cannot be vectorised without rounding differently. So the gradient is first taken
-    with an estimate of H (the loop's H at the last full pass plus, for each step since, the
-    change of the two moved clients carried forward one (1 - q) at a time) and a bound on the
-    gap between that estimate and the loop's H, client by client: the loop's rounding, at most
-    2.02 u T_i min(N, 1 / q_min) at client i (H_i <= T_i, being an average of faster clients'
-    T; each step adds two roundings of at most u H, forgotten at the rate q_l), counted on both
-    sides, plus the estimate's own rounding since. When the best client, the worst client and
-    the stop test are each clear by more than that bound, they are the loop's; otherwise the
-    loop runs (from the faster moved client on) and the exact gradient decides. Everything
-    else (S, E, rounds, the four corners) is computed with the same operations in the same
-    order as before, so the numbers are the same to the bit."""
+    The gradient is dF/dq_i = E dR/dq_i + R dE/dq_i, with dE/dq_i = S_i (T_i - H_i) and H_i the
+    fold of the faster clients (H <- H (1 - q_j) + T_j q_j). Every term v_j of a faster client
+    carries the factor 1 - q_i, so S_i H_i = sum_{j < i} v_j / (1 - q_i): one cumulative sum of
+    positive terms, accurate to a few ulps times log N. Where q_i = 1 that is 0 / 0; then S_j = 0
+    for every j below the highest such client z, and only H_z is folded directly."""
 
     def __init__(self, prob: AdaptiveProblem, s: np.ndarray, q: np.ndarray) -> None:
         self.prob = prob
@@ -377,8 +375,7 @@ class _Exchange:
         self.rank = np.empty(n, dtype=np.int64)
         self.rank[self.order] = np.arange(n)
         self.t = times[self.order]
-        self.d = prob.a1 * prob.share**2 * prob.grad_sq
-        self.d_num = -prob.a1 * prob.share**2 * prob.grad_sq  # dR/dq_i = d_num / q_i^2
+        self.d = prob.a1 * prob.share**2 * prob.grad_sq  # rounds = c + d_i / q_i in one q_i
         pg = prob.share * prob.grad_sq
         self.share_pg = prob.share * pg
         self.rounds_s = prob.a2 * np.sum(pg * (1 / s - 1), axis=-1)  # the s part of rounds, fixed here
@@ -387,114 +384,47 @@ class _Exchange:
         self.qs = self.q[self.order]
         self.miss = 1.0 - self.qs
         self.w = self.t * self.qs
-        self.suffix = np.append(np.cumprod(self.miss[:0:-1])[::-1], 1.0)  # S_i = prod_{l > i} (1 - q_l)
+        self.suffix = _suffix_products(self.miss)
         self.v = self.w * self.suffix  # the terms of E[max]
-        self.d_r = self.d_num / self.q**2
-        self.d_r_sorted = self.d_r[self.order]
+        self.d_r = -self.d[self.order] / self.qs**2  # dR/dq_i, in ascending T
         self.up = self.qs < prob.q_max - 1e-12
         self.down = self.qs > prob.q_min + 1e-12
-        self.h = np.zeros(n)  # the loop's H, valid up to self.valid
-        self.valid = 0
-        # the estimate of H; it is off the loop's H by at most est_abs + est_rel t_cap
-        self.h_est = np.zeros(n)
-        self.has_estimate = False
-        self.est_abs, self.est_rel = 0.0, 0.0
-        self.t_cap = 1.01 * self.t  # bounds H_i and |T_i - H_i| (1% for rounding)
-        self.loop_rel = 2.02 * _EPS * min(n, 1.0 / prob.q_min)  # the loop's own rounding, relative to t_cap
-        self.d_r_bound = 1.01 * float(np.max(np.abs(self.d_num))) / prob.q_min**2
-        self.exact_runs = 0
 
     def expected_max(self) -> float:
         return float(np.sum(self.v))
 
     def rounds(self) -> float:
-        """prob.rounds(q, s), term by term as it computes it."""
-        return float(self.prob.a0 + self.prob.a1 * np.sum(self.r_terms, axis=-1) + self.rounds_s)
+        """prob.rounds(q, s) from its kept terms."""
+        return float(self.prob.a0 + self.prob.a1 * np.sum(self.r_terms) + self.rounds_s)
 
-    def _loop_h(self) -> np.ndarray:
-        h, start = self.h, self.valid
-        n = len(h)
-        if start < n - 1:
-            run = float(h[start])
-            tail: list[float] = []
-            push = tail.append
-            for m, c in zip(self.miss[start:-1].tolist(), self.w[start:-1].tolist()):
-                run = run * m + c
-                push(run)
-            h[start + 1 :] = tail
-        self.valid = n - 1
-        return h
-
-    def _exact_pair(self, e_max: float, r: float) -> tuple[int, int, float, float] | None:
-        """The step's choice from the exact gradient: the pair and their gradients, or None."""
-        self.exact_runs += 1
-        h = self._loop_h()
-        self.h_est[:] = h
-        self.has_estimate = True
-        self.est_abs, self.est_rel = 0.0, 2 * self.loop_rel
-        d_e = np.empty_like(self.t)
-        d_e[self.order] = self.suffix * (self.t - h)
-        g = e_max * self.d_r + r * d_e
-        q, p = self.q, self.prob
-        up = np.flatnonzero(q < p.q_max - 1e-12)
-        down = np.flatnonzero(q > p.q_min + 1e-12)
-        if not len(up) or not len(down):
-            return None
-        i = int(up[np.argmin(g[up])])
-        j = int(down[np.argmax(g[down])])
-        return i, j, float(g[i]), float(g[j])
-
-    def h_est_bound(self) -> np.ndarray:
-        """Client by client, the most the estimate of H can be off the loop's H."""
-        return self.est_abs + self.est_rel * self.t_cap
-
-    @staticmethod
-    def _clear(g: np.ndarray, mask: np.ndarray, err: np.ndarray, lowest: bool) -> int | None:
-        """The position of the min (max) of g over ``mask`` if it stays the min (max) whatever
-        each entry's error within ``err``; else None."""
-        if lowest:
-            pick = np.where(mask, g, np.inf)
-            k = int(np.argmin(pick))
-            others = pick - err
-            others[k] = np.inf
-            return k if float(np.min(others)) > pick[k] + err[k] else None
-        pick = np.where(mask, g, -np.inf)
-        k = int(np.argmax(pick))
-        others = pick + err
-        others[k] = -np.inf
-        return k if float(np.max(others)) < pick[k] - err[k] else None
+    def gradient(self, e_max: float, r: float) -> np.ndarray:
+        """dF/dq in ascending T, at E[max] = ``e_max`` and rounds = ``r``."""
+        below = np.zeros(len(self.v))  # sum_{j < i} v_j
+        np.cumsum(self.v[:-1], out=below[1:])
+        miss = self.miss
+        s_h = np.divide(below, miss, out=np.zeros_like(below), where=miss > 0.0)  # S_i H_i
+        ones = np.flatnonzero(miss == 0.0)
+        if len(ones):
+            z = int(ones[-1])
+            s_h[z] = self.suffix[z] * _fold(miss[:z], self.w[:z])
+        return e_max * self.d_r + r * (self.suffix * self.t - s_h)
 
     def pair(self, value: float, e_max: float, r: float) -> tuple[int, int] | None:
-        """The pair the exact gradient picks (i to raise, j to lower), or None where it stops."""
-        limit = 1e-9 * max(abs(value), 1e-12)
-        if self.has_estimate:
-            if not self.up.any() or not self.down.any():
-                return None
-            a = e_max * self.d_r_sorted  # E dR/dq, in ascending T
-            g = a + r * (self.suffix * (self.t - self.h_est))  # + R dE/dq
-            # each entry's gap to the exact gradient: R S times H's, plus roundings of R S |T - H| and E dR/dq
-            err = (1.01 * abs(r)) * (self.suffix * (self.est_abs + (self.est_rel + 16 * _EPS) * self.t_cap))
-            err += 8 * _EPS * e_max * self.d_r_bound
-            i = self._clear(g, self.up, err, True)
-            j = self._clear(g, self.down, err, False) if i is not None else None
-            if i is not None and j is not None:
-                gap = float(g[j] - g[i])
-                slack = err[i] + err[j] + 4 * _EPS * (abs(float(g[i])) + abs(float(g[j])) + limit)
-                if abs(gap - limit) > slack:
-                    if i == j or gap <= limit:
-                        return None
-                    return int(self.order[i]), int(self.order[j])
-        found = self._exact_pair(e_max, r)
-        if found is None:
+        """The clients to raise (i) and lower (j), or None where the exchange stops: i has the
+        least gradient among those below q_max, j the largest among those above q_min, and
+        they must differ by more than 1e-9 F."""
+        if not self.up.any() or not self.down.any():
             return None
-        i, j, g_i, g_j = found
-        if i == j or g_j - g_i <= limit:
+        g = self.gradient(e_max, r)
+        i = int(np.argmin(np.where(self.up, g, np.inf)))
+        j = int(np.argmax(np.where(self.down, g, -np.inf)))
+        if i == j or g[j] - g[i] <= 1e-9 * max(abs(value), 1e-12):
             return None
-        return i, j
+        return int(self.order[i]), int(self.order[j])
 
     def corners(self, i: int, j: int) -> np.ndarray:
-        """expected_max at (q_i, q_j) = (0, 0), (1, 0), (0, 1), (1, 1), each summed as
-        expected_max sums it; only the slots up to the slower of the two differ from E's."""
+        """expected_max at (q_i, q_j) = (0, 0), (1, 0), (0, 1), (1, 1); only the terms up to
+        the slower of the two differ from E's."""
         ri, rj = int(self.rank[i]), int(self.rank[j])
         a, b = min(ri, rj), max(ri, rj)
         t, w, miss, suffix = self.t, self.w, self.miss, self.suffix
@@ -517,10 +447,9 @@ class _Exchange:
         return np.sum(rows, axis=-1)
 
     def move(self, i: int, j: int, delta: float) -> None:
-        """q_i += delta and q_j -= delta; S, E's terms and the estimate of H follow."""
+        """q_i += delta and q_j -= delta; S and the terms of E and rounds follow."""
         ri, rj = int(self.rank[i]), int(self.rank[j])
-        a, b = min(ri, rj), max(ri, rj)
-        m_a, c_a, m_b, c_b = float(self.miss[a]), float(self.w[a]), float(self.miss[b]), float(self.w[b])
+        b = max(ri, rj)
         self.q[i] += delta
         self.q[j] -= delta
         q_max, q_min = self.prob.q_max, self.prob.q_min
@@ -530,28 +459,13 @@ class _Exchange:
             self.miss[r] = 1.0 - qc
             self.w[r] = self.t[r] * qc
             self.r_terms[c] = self.share_pg[c] * (1 - qc) / qc
-            self.d_r[c] = self.d_r_sorted[r] = self.d_num[c] / (qc * qc)  # as q**2 rounds
+            self.d_r[r] = -self.d[c] / (qc * qc)
             self.up[r] = qc < q_max - 1e-12
             self.down[r] = qc > q_min + 1e-12
         miss, suffix = self.miss, self.suffix
-        # S below b, multiplied on from S_b in the same order as the full cumprod
+        # S changes only at and below b: multiplied on from S_b
         suffix[: b + 1] = np.cumprod(np.concatenate(([suffix[b]], miss[1 : b + 1][::-1])))[::-1]
         self.v[: b + 1] = self.w[: b + 1] * suffix[: b + 1]
-        self.valid = min(self.valid, a)
-        if not self.has_estimate:
-            return
-        h = self.h_est
-        d_a = h[a] * (miss[a] - m_a) + (self.w[a] - c_a)  # change of H at a + 1
-        carry = np.cumprod(np.concatenate(([d_a], miss[a + 1 : b])))  # positions a + 1 .. b
-        d_b = carry[-1] * miss[b] + h[b] * (miss[b] - m_b) + (self.w[b] - c_b)
-        h[a + 1 : b + 1] += carry
-        if b + 1 < len(h):
-            h[b + 1 :] += np.cumprod(np.concatenate(([d_b], miss[b + 1 : -1])))
-        moved = abs(miss[a] - m_a) + abs(miss[b] - m_b)
-        size = abs(d_a) + abs(d_b) + self.t_cap[b] * moved + abs(self.w[a] - c_a) + abs(self.w[b] - c_b)
-        grow = (1 + moved) * (1 + 2 * _EPS)  # H at a and b enter the change, times the moved (1 - q)
-        self.est_abs = self.est_abs * grow + 4 * _EPS * len(h) * size
-        self.est_rel = self.est_rel * grow + 1.1 * _EPS  # the rounding of adding the change to H
 
 
 def _pair_move(
@@ -560,7 +474,8 @@ def _pair_move(
     """The best shift delta of probability from client j to client i (sum q stays K), and F
     there. E[T] is bilinear in (q_i, q_j), so four evaluations (``corners``: E at (q_i, q_j) =
     (0, 0), (1, 0), (0, 1), (1, 1)) give it exactly, and rounds (``r`` at q) is
-    c + d_i / q_i + d_j / q_j (``d`` = a1 p^2 G^2): a fine grid, zoomed three times, costs little."""
+    c + d_i / q_i + d_j / q_j (``d`` = a1 p^2 G^2): a fine grid, zoomed three times, costs little
+    (docs/algorithms.md §7, step (a) [ours])."""
     d_i, d_j = d[i], d[j]
     e00, e10, e01, e11 = corners
     q_i, q_j = q[i], q[j]
@@ -587,7 +502,7 @@ def _exchange(prob: AdaptiveProblem, s: np.ndarray, q: np.ndarray) -> np.ndarray
     because the multiplier's relaxation has a duality gap: sum q(lambda) can jump past K (seen
     on N = 3). Each step takes the most violating pair (the client whose F falls fastest as q
     rises, and the one whose F falls fastest as q drops, as in SMO) and moves it to the best
-    point on its line: O(N) numpy work a step (``_Exchange``), so large N stays cheap."""
+    point on its line: O(N) numpy work a step (``_Exchange``), so large N stays cheap [ours]."""
     state = _Exchange(prob, s, q)
     value = prob.objective(q, s)
     for _ in range(50 * prob.n):
@@ -609,7 +524,7 @@ class _SlotFolds:
     the identity (1, 0), cut into blocks of ``block`` slots. Each block keeps, for every slot,
     the fold of the slots after it inside the block; the blocks keep the fold of the blocks
     after them. The fold of everything after a position is then two lookups, and setting one
-    slot redoes one block and the block suffixes: O(sqrt(slots)) numpy work."""
+    slot redoes one block and the block suffixes: O(sqrt(slots)) numpy work [ours]."""
 
     def __init__(self, p: np.ndarray, w: np.ndarray) -> None:
         self.block = max(8, int(math.sqrt(len(p))))
@@ -655,7 +570,8 @@ class _SlotFolds:
 
 
 def _solve_s(prob: AdaptiveProblem, q: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """s given q: each client in turn takes its best option, until none changes.
+    """s given q: each client in turn takes its best option, until none changes
+    (docs/algorithms.md §7, step (b) [ours]; ``adaptive_reference.solve_s`` is the plain loop).
 
     Client i at time x, the others fixed: E[max] = q_i (x P + W) + (1 - q_i) W_all, where (P, W)
     folds the others' slots after x and W_all all of them (ties do not matter: every slot after
@@ -665,7 +581,8 @@ def _solve_s(prob: AdaptiveProblem, q: np.ndarray, s: np.ndarray) -> np.ndarray:
     larger q_i are taken out of the folds first instead. rounds changes by
     a2 p_i G_i^2 (1 / x - 1 / s_i). A block of clients is evaluated at once on the current state;
     every client before the first that changes (or that needs taking out) kept its option, so
-    the order of the visits, and each decision, is that of the plain one-by-one loop."""
+    the clients are visited, and each decides on the state it sees, as in the plain one-by-one
+    loop."""
     n = prob.n
     options = np.asarray(prob.options, dtype=np.float64)
     n_opt = len(options)
@@ -758,7 +675,8 @@ def _solve_s(prob: AdaptiveProblem, q: np.ndarray, s: np.ndarray) -> np.ndarray:
 
 
 def solve(prob: AdaptiveProblem, tol: float = 1e-6, max_iterations: int = 100) -> AdaptivePlan:
-    """Alternate the q and s steps from two starts; keep the better plan."""
+    """Alternate the q and s steps from two starts; keep the better plan (docs/algorithms.md §7
+    [ours]; ``adaptive_reference.solve`` is the same solver as plain loops)."""
     start_time = time.perf_counter()
     uniform_q = np.full(prob.n, prob.k / prob.n)
     best: tuple[float, np.ndarray, np.ndarray, int] | None = None
@@ -792,7 +710,7 @@ def solve(prob: AdaptiveProblem, tol: float = 1e-6, max_iterations: int = 100) -
 
 def uniform_plan(prob: AdaptiveProblem, s: np.ndarray) -> AdaptivePlan:
     """The objective's terms at uniform q = K / N and the given s, for schemes that do not
-    optimise (logged so that every run reports the same objective)."""
+    optimise (logged so that every run reports the same objective; docs/algorithms.md §7)."""
     q = np.full(prob.n, prob.k / prob.n)
     return AdaptivePlan(q, s, prob.objective(q, s), float(prob.rounds(q, s)),
                         float(expected_max(prob.times(s), q)), 0, 0.0)  # fmt: skip

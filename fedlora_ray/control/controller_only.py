@@ -65,16 +65,11 @@ def upload_cost(
 
 def client_data(cfg: RunConfig) -> tuple[np.ndarray, int]:
     """(examples per client, number of labels): the training split's labels dealt as the run
-    deals them (``data.partition``, seeded by ``federation.seed``)."""
-    from fedlora_ray.data import partition_indices
-    from fedlora_ray.tasks import load_splits
+    deals them: the run's own preflight (``data.partition``, seeded by ``federation.seed``)."""
+    from fedlora_ray.preflight import check_data
 
-    train, _ = load_splits(cfg.data)
-    try:
-        parts = partition_indices(train.labels, cfg.federation.num_clients, cfg.data, cfg.federation.seed)
-    except ValueError as err:
-        raise ConfigError(f"config field 'data.partition' = {cfg.data.partition!r}: {err}") from None
-    return np.array([len(p) for p in parts], dtype=np.float64), len(train.label_names)
+    data = check_data(cfg)
+    return np.array([len(p) for p in data.partition], dtype=np.float64), len(data.label_names)
 
 
 def trained_head_entries(cfg: RunConfig, num_labels: int) -> int:

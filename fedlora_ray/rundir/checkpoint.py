@@ -8,13 +8,14 @@ dataclasses): it is written and read by this package only.
 
 from __future__ import annotations
 
+import pickle
 import re
+import types
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from fedlora_ray.atomic_write import atomic_path
+from fedlora_ray.storage import list_names
 
 CHECKPOINT_DIR = "checkpoint"
 _NAME = re.compile(r"^round-(\d{6,})\.pt$")
@@ -38,6 +39,13 @@ def checkpoints(run_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def checkpoint_rounds(place: str | Path) -> list[int]:
+    """The rounds of the complete checkpoints of a run folder or URI, oldest first."""
+    return sorted(
+        int(m.group(1)) for name in list_names(str(place), CHECKPOINT_DIR) if (m := _NAME.match(name))
+    )
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     found = checkpoints(run_dir)
     return found[-1] if found else None
@@ -47,6 +55,8 @@ def save_checkpoint(run_dir: str | Path, round_: int, payload: dict[str, Any], k
     folder = Path(run_dir) / CHECKPOINT_DIR
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"round-{round_:06d}.pt"
+    import torch  # here, not at the top: reading a run's checkpoint list needs no torch
+
     with atomic_path(path) as tmp:
         torch.save({"format": FORMAT, "round": round_, **payload}, tmp)
     for old in checkpoints(run_dir)[:-keep]:
@@ -54,8 +64,23 @@ def save_checkpoint(run_dir: str | Path, round_: int, payload: dict[str, Any], k
     return path
 
 
+# Modules that moved since checkpoints were first written, so that a run started before a move
+# resumes after it (the pickle names a class by its module).
+_MOVED = {"fedlora_ray.algorithm.client_store": "fedlora_ray.engine.client_store"}
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        return super().find_class(_MOVED.get(module, module), name)
+
+
+_moved_classes = types.SimpleNamespace(__name__="pickle", Unpickler=_Unpickler, load=pickle.load)
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    data = torch.load(path, map_location="cpu", weights_only=False)
+    import torch
+
+    data = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_moved_classes)
     if data.get("format") != FORMAT:
         raise ValueError(f"{path}: checkpoint format {data.get('format')!r}, this version reads {FORMAT}")
     return data

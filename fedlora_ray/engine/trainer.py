@@ -22,6 +22,7 @@ from fedlora_ray.batched.loop import ClientWork, train_pass
 from fedlora_ray.config import RunConfig
 from fedlora_ray.lora.adapter import Adapter, get_adapter, lora_parameters, set_adapter
 from fedlora_ray.lora.rank_mask import lora_b_modules, rank_mask
+from fedlora_ray.preflight import check_model
 from fedlora_ray.tasks import load_splits, model_family
 from fedlora_ray.train import EvalResult, LocalResult, evaluate, train_local
 
@@ -44,6 +45,10 @@ class ClientTrainer:
         self.cfg = cfg
         self.device = torch.device(device)
         self.actor_id = actor_id
+        # the LoRA targets and rank against the base model's modules, with a message naming the
+        # field, before peft meets them: every run builds its model here, so this is where it
+        # is checked (the launcher stays free of torch and transformers)
+        check_model(cfg)
         train, test = load_splits(cfg.data)
         family = model_family(cfg.model.name)
         self.train_data = family.prepare(cfg.model, train, self.device)  # once per actor, for all clients

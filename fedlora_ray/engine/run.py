@@ -9,7 +9,6 @@ process; the Ray ``DriverActor`` drives it there.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -18,7 +17,11 @@ from typing import Any
 import numpy as np
 
 from fedlora_ray.algorithm.backend import Backend
-from fedlora_ray.algorithm.callbacks import (
+from fedlora_ray.algorithm.round import round_step
+from fedlora_ray.algorithm.state import RunState, build_context, initial_state
+from fedlora_ray.config import RunConfig
+from fedlora_ray.control import controller_class
+from fedlora_ray.engine.callbacks import (
     Callback,
     Checkpoint,
     DivergenceGuard,
@@ -27,47 +30,16 @@ from fedlora_ray.algorithm.callbacks import (
     Progress,
     describe_plan,
 )
-from fedlora_ray.algorithm.client_store import CLIENT_STORE_DIR, ClientStore
-from fedlora_ray.algorithm.round import round_step
-from fedlora_ray.algorithm.state import RunState, build_context, initial_state
-from fedlora_ray.components import load_run_config
-from fedlora_ray.config import ConfigError, RunConfig, parse_override
-from fedlora_ray.control import controller_class
+from fedlora_ray.engine.client_store import CLIENT_STORE_DIR, ClientStore
+from fedlora_ray.preflight import ClientData, check_data
 from fedlora_ray.rundir import RunLog, latest_checkpoint, load_checkpoint
 from fedlora_ray.rundir.checkpoint import checkpoint_round, checkpoints
-from fedlora_ray.tasks import load_splits
 
 BackendFactory = Callable[[RunConfig], Backend]
 
 
 def _print_flush(line: str) -> None:
     print(line, flush=True)  # flushed: a Ray actor's stdout reaches the job log line by line
-
-
-def resume_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
-    """The run directory's config, which is authoritative, checked as every run's is
-    (``load_run_config``). Only ``federation.rounds`` may be set (to extend a run); any other
-    override is refused."""
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise ConfigError(f"{str(run_dir)!r} is not a run directory (no config.json)")
-    cfg = load_run_config(None, base=json.loads(path.read_text()))
-    for text in overrides:
-        keys, _ = parse_override(text)
-        if ".".join(keys) != "federation.rounds":
-            raise ConfigError(
-                f"override {text!r}: a resumed run keeps the config in {path}; only "
-                "federation.rounds may change (to extend the run). Start a new run for other settings"
-            )
-    new = load_run_config(None, overrides, base=cfg.to_dict()) if overrides else cfg
-    ckpt = latest_checkpoint(run_dir)
-    done = checkpoint_round(ckpt) if ckpt else 0
-    if new.federation.rounds < done:
-        raise ConfigError(
-            f"config field 'federation.rounds' = {new.federation.rounds}: the run has a checkpoint at "
-            f"round {done}; a resumed run can only be extended"
-        )
-    return new
 
 
 class FederatedRun:
@@ -80,10 +52,12 @@ class FederatedRun:
         callbacks: Sequence[Callback] = (),
         *,
         resume: bool = False,
+        data: ClientData | None = None,
     ) -> None:
         """``backend`` is a Backend, or a factory called with the prepared config (so that TSFA's
         offline rank reaches the models). With ``resume``, ``cfg`` is the run directory's
-        (``resume_config``) and the run continues from its newest checkpoint."""
+        (``resume_config``) and the run continues from its newest checkpoint. ``data``: the
+        clients' data as the preflight read and dealt it (read here when not given)."""
         if resume and run_dir is None:
             raise ValueError("resuming needs the run directory")
         if not resume:
@@ -91,9 +65,8 @@ class FederatedRun:
         self.cfg = cfg
         built = hasattr(backend, "train") and not isinstance(backend, type)
         self.backend: Backend = backend if built else backend(cfg)  # type: ignore[operator,assignment]
-        # labels for the partition (the examples stay with the workers), read while a pool of
-        # actors is still starting: the backend's first answer below waits for them
-        train, _ = load_splits(cfg.data)
+        if data is None:  # a run built by hand (tests, notebooks): the preflight's one read
+            data = check_data(cfg)
         initial = self.backend.initial_adapter()
         rank = next(iter(initial.lora.values()))[0].shape[1]
         if rank != cfg.model.lora_rank:
@@ -102,18 +75,23 @@ class FederatedRun:
                 f"(controller.kind={cfg.controller.kind!r} chose it): pass the backend's class or a "
                 "factory, which is built from the prepared config"
             )
-        self.ctx = build_context(cfg, initial, train.labels, train.label_names)
+        self.ctx = build_context(cfg, initial, data.partition, data.label_names)
         checkpoint = latest_checkpoint(run_dir) if resume and run_dir is not None else None
         store_dir = Path(run_dir) / CLIENT_STORE_DIR if run_dir is not None else None
         if checkpoint:
             saved: RunState = load_checkpoint(checkpoint)["state"]
             kept = [checkpoint_round(p) for p in checkpoints(checkpoint.parent.parent)]
             clients = ClientStore.resume(
-                saved.clients, store_dir, cfg.runtime.client_store_mem_mb, saved.round, kept
+                saved.clients,  # type: ignore[arg-type]  # the engine's own store, as checkpointed
+                store_dir,
+                cfg.runtime.client_store_mem_mb,
+                saved.round,
+                kept,
             )
             self.state = dataclasses.replace(saved, clients=clients)
         else:
-            self.state = initial_state(self.ctx, initial, store_dir)
+            store = ClientStore.create(store_dir, cfg.runtime.client_store_mem_mb)
+            self.state = initial_state(self.ctx, initial, store)
         self.log: RunLog | None = None
         if run_dir is not None:
             self.log = RunLog(
@@ -147,6 +125,7 @@ class FederatedRun:
     @property
     def client_state(self) -> Mapping[int, dict[str, Any]]:
         """Client id -> its stored state (read from disk for the states the store spilled)."""
+        assert isinstance(self.state.clients, ClientStore)
         return self.state.clients
 
     @property

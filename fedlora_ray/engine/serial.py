@@ -8,12 +8,13 @@ from typing import Any
 
 import torch
 
-from fedlora_ray.algorithm.client import ClientTrainer
 from fedlora_ray.algorithm.messages import ClientReply, ClientTask
-from fedlora_ray.algorithm.mirror import stage
-from fedlora_ray.algorithm.run import FederatedRun, resume_config
 from fedlora_ray.config import ConfigError, RunConfig
+from fedlora_ray.engine.mirror import stage
+from fedlora_ray.engine.run import FederatedRun
+from fedlora_ray.engine.trainer import ClientTrainer
 from fedlora_ray.lora.adapter import Adapter
+from fedlora_ray.preflight import ClientData, resume_config
 from fedlora_ray.train import EvalResult
 
 
@@ -56,10 +57,14 @@ class SerialBackend:
         pass
 
 
-def run_serial(cfg: RunConfig, run_dir: str | Path | None) -> dict[str, Any]:
-    """The whole run in this process; ``run_dir`` may be a path or a URI (fedlora_ray.storage)."""
-    local, push = stage(run_dir)
-    run = FederatedRun(cfg, SerialBackend, local, callbacks=push)
+def run_serial(
+    cfg: RunConfig, run_dir: str | Path | None, data: ClientData | None = None, resume: bool = False
+) -> dict[str, Any]:
+    """The whole run in this process; ``run_dir`` may be a path or a URI (fedlora_ray.storage),
+    ``data`` the preflight's clients' data (read here when None). With ``resume``, ``cfg`` is the
+    run directory's (``resume_config``) and the run continues from its newest checkpoint."""
+    local, push = stage(run_dir)  # a URI's folder is pulled once, into a staging copy
+    run = FederatedRun(cfg, SerialBackend, local, callbacks=push, resume=resume, data=data)
     try:
         return run.run()
     finally:
@@ -68,11 +73,5 @@ def run_serial(cfg: RunConfig, run_dir: str | Path | None) -> dict[str, Any]:
 
 def resume_serial(run_dir: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Continue the run in ``run_dir`` from its newest checkpoint (``--set federation.rounds=N``
-    extends it). A URI's folder is pulled into a staging copy first."""
-    local, push = stage(run_dir)
-    assert local is not None
-    run = FederatedRun(resume_config(local, overrides), SerialBackend, local, callbacks=push, resume=True)
-    try:
-        return run.run()
-    finally:
-        run.backend.close()
+    extends it)."""
+    return run_serial(resume_config(run_dir, overrides), run_dir, resume=True)

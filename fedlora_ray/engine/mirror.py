@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedlora_ray.algorithm.callbacks import Callback
+from fedlora_ray.engine.callbacks import Callback
 from fedlora_ray.storage import Mirror, is_uri
 
 
