@@ -67,12 +67,12 @@ def test_the_driver_reads_labels_only(tmp_path, monkeypatch):
     cfg = load_run_config(None, ["data.dataset=fashion_mnist", f"data.root={root}", "data.test_per_class=2",
                                  "model.name=efficientnet_tiny",
                                  "federation.num_clients=10", "federation.clients_per_round=2"])  # fmt: skip
-    check_data(cfg)
-    train, _ = load_splits(cfg.data)
+    data = check_data(cfg)  # the launcher's one read and partition draw
     import torch
 
     adapter = Adapter({"m": (torch.zeros(4, 2), torch.zeros(2, 4))}, {})
-    build_context(cfg, adapter, train.labels, train.label_names)
+    build_context(cfg, adapter, data.partition, data.label_names)  # reads nothing more
     assert read and all("labels" in name for name in read)
+    train, _ = load_splits(cfg.data)
     assert train.examples.shape == (60, 1, 28, 28) and train.examples is train.examples  # read once
     assert sum("images" in name for name in read) == 1

@@ -101,6 +101,7 @@ def test_a_new_task_is_a_registration_and_learns(tmp_path):
             tiny_config("data.dataset=blobs", "model.name=points_mlp", "data.train_per_class=200")
         cfg = tiny_config(
             "data.dataset=blobs", "model.name=points_mlp", "model.target_modules=[proj]",
+            "model.lora_rank=2", "model.lora_alpha=4",  # proj maps 2 inputs: rank <= 2
             "federation.rounds=4", "federation.local_epochs=3", "federation.lr=0.02",
         )  # fmt: skip
         summary = run_serial(cfg, tmp_path / "run")
