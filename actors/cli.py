@@ -169,8 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "sweep":
         return sweep_command(args)
-    from fedlora_ray.algorithm.round import BadUpdateError
-    from fedlora_ray.engine.callbacks import DivergenceError
+    from fedlora_ray.run_errors import BadUpdateError, DivergenceError  # no torch in this process
 
     try:
         if args.command == "resume":

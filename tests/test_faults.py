@@ -14,13 +14,13 @@ import pandas as pd
 import pytest
 import torch
 
-from fedlora_ray.algorithm.round import BadUpdateError
 from fedlora_ray.algorithm.server_opt import server_step
 from fedlora_ray.compress import apply_payload
 from fedlora_ray.config import ConfigError
-from fedlora_ray.engine.callbacks import Callback, DivergenceError
+from fedlora_ray.engine.callbacks import Callback
 from fedlora_ray.engine.run import FederatedRun
 from fedlora_ray.engine.serial import SerialBackend, run_serial
+from fedlora_ray.run_errors import BadUpdateError, DivergenceError
 from fedlora_ray.rundir.checkpoint import checkpoints
 from tests.conftest import tiny_config, wait_for
 from tests.resume_helpers import assert_same_run, logged_rounds, tables

@@ -25,10 +25,7 @@ from fedlora_ray.control import ControllerState, RoundPlan
 from fedlora_ray.control.clock import ClockStep, clock_step
 from fedlora_ray.lora.adapter import Adapter
 from fedlora_ray.lora.orthogonality import orthogonality_error
-
-
-class BadUpdateError(RuntimeError):
-    """A client sent a non-finite upload and ``federation.on_bad_update`` is 'fail'."""
+from fedlora_ray.run_errors import BadUpdateError
 
 
 def match_replies(tasks: list[ClientTask], replies: list[ClientReply]) -> list[ClientReply]:

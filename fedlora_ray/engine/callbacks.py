@@ -16,6 +16,7 @@ import torch
 from fedlora_ray.algorithm.backend import Backend
 from fedlora_ray.algorithm.state import RunContext, RunState
 from fedlora_ray.config import RunConfig
+from fedlora_ray.run_errors import DivergenceError
 from fedlora_ray.rundir import RunLog, save_checkpoint
 from fedlora_ray.rundir.checkpoint import checkpoint_round, checkpoints
 
@@ -38,10 +39,6 @@ class RunView(Protocol):
 
     @property
     def log(self) -> RunLog | None: ...
-
-
-class DivergenceError(RuntimeError):
-    """The global adapter or the test loss stopped being finite."""
 
 
 class Callback:
