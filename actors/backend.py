@@ -7,7 +7,7 @@ with the same numbers. The replies say which attempt produced them, and the roun
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray.exceptions import RayActorError
@@ -15,11 +15,13 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.client import ClientActor
 from actors.launch import Pool, choose_pool
-from fedlora_ray.algorithm.messages import ClientReply, ClientTask
 from fedlora_ray.algorithm.schedule import balance, cut_passes
 from fedlora_ray.config import RunConfig
-from fedlora_ray.lora.adapter import Adapter
-from fedlora_ray.train import EvalResult
+
+if TYPE_CHECKING:  # the pool is made before the driver loads torch: its actors start meanwhile
+    from fedlora_ray.algorithm.messages import ClientReply, ClientTask
+    from fedlora_ray.lora.adapter import Adapter
+    from fedlora_ray.train import EvalResult
 
 MAX_ATTEMPTS = 3  # a batch whose worker died this many times fails the round
 
@@ -119,6 +121,8 @@ class RayBackend:
         ref = ray.put(global_adapter)
         n = len(self.actors)
         parts = self._run("evaluate", [(i, (ref, i, n)) for i in range(n)])
+        from fedlora_ray.train import EvalResult
+
         return EvalResult.combine([result for _, result in parts])
 
     def close(self) -> None:

@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
-import torch
 
-from fedlora_ray.algorithm.messages import ClientReply, ClientTask
 from fedlora_ray.config import ConfigError, RunConfig
-from fedlora_ray.engine.trainer import ClientTrainer
-from fedlora_ray.lora.adapter import Adapter
-from fedlora_ray.train import EvalResult
+
+if TYPE_CHECKING:  # torch loads in the actor's own process only, not where actors are created
+    import torch
+
+    from fedlora_ray.algorithm.messages import ClientReply, ClientTask
+    from fedlora_ray.lora.adapter import Adapter
+    from fedlora_ray.train import EvalResult
 
 
 def assigned_device(num_gpus: float) -> tuple[torch.device, str]:
     """The device Ray gave this actor: Ray sets CUDA_VISIBLE_DEVICES to its GPU, so it is
     cuda:0 here. With a GPU share but no usable CUDA (faked GPU resources) it falls back to CPU
     and says so."""
+    import torch
+
     gpu_ids = ray.get_gpu_ids()
     if not gpu_ids:
         return torch.device("cpu"), "no GPU assigned"
@@ -32,6 +36,10 @@ def assigned_device(num_gpus: float) -> tuple[torch.device, str]:
 @ray.remote
 class ClientActor:
     def __init__(self, cfg: RunConfig, actor_id: str) -> None:
+        import torch
+
+        from fedlora_ray.engine.trainer import ClientTrainer
+
         torch.set_num_threads(cfg.runtime.torch_threads)
         device, self._device_note = assigned_device(cfg.runtime.num_gpus_per_actor)
         try:

@@ -7,7 +7,6 @@ from its newest checkpoint.
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,21 +33,29 @@ class DriverActor:
         self.federated: FederatedRun | None = None
 
     def _build(self) -> FederatedRun:
-        # torch and the engine load here, in the driver's process, never in the launcher's
         from actors.backend import RayBackend
-        from fedlora_ray.engine.mirror import stage
-        from fedlora_ray.engine.run import FederatedRun
+        from fedlora_ray.control import controller_class
+        from fedlora_ray.storage import Mirror, is_uri
 
         cfg, run_dir, resume, pool, data = self._args
         # a URI's folder is pulled into a local staging copy and pushed back after every round
-        local, push = stage(run_dir)
+        mirror = Mirror(run_dir) if run_dir is not None and is_uri(run_dir) else None
+        local = mirror.pull() if mirror is not None else run_dir
         if not resume and local is not None and (Path(local) / "config.json").is_file():
             # Ray restarted this driver after it had started the run: the folder's config (which
             # holds what preparing it fixed, such as TSFA's rank) is the run's now
             resume = True
             cfg = resume_config(local, [f"federation.rounds={cfg.federation.rounds}"])
-        backend = functools.partial(RayBackend, pool=pool)
-        return FederatedRun(cfg, backend, local, callbacks=push, resume=resume, data=data)
+        if not resume:
+            cfg = controller_class(cfg.controller.kind).prepare(cfg, local)  # TSFA's offline rank
+        # The client actors start now, on the prepared config, and load torch and the model
+        # while this process loads its own torch and the engine below.
+        backend = RayBackend(cfg, pool)
+        from fedlora_ray.engine.mirror import PushToURI
+        from fedlora_ray.engine.run import FederatedRun
+
+        push = [PushToURI(mirror)] if mirror is not None else []
+        return FederatedRun(cfg, backend, local, callbacks=push, resume=resume, data=data, prepared=True)
 
     def run(self) -> dict[str, Any]:
         self.federated = self._build()

@@ -293,12 +293,22 @@ class WarmCluster:
         return f"127.0.0.1:{self.port}"
 
     def stop(self) -> None:
+        """SIGTERM to the head's group, then SIGKILL to every process the cluster started (seen
+        before the first signal: its daemons and workers are not all in that group)."""
+        try:
+            head = psutil.Process(self.popen.pid)
+            procs = [head, *head.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            procs = []
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.popen.pid, signal.SIGTERM)
-        try:
-            self.popen.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.popen.pid, signal.SIGKILL)
+        _, alive = psutil.wait_procs(procs, timeout=15)
+        for p in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        psutil.wait_procs(alive, timeout=5)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout=5)
         shutil.rmtree(self.temp, ignore_errors=True)
 
 

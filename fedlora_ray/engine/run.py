@@ -53,14 +53,17 @@ class FederatedRun:
         *,
         resume: bool = False,
         data: ClientData | None = None,
+        prepared: bool = False,
     ) -> None:
         """``backend`` is a Backend, or a factory called with the prepared config (so that TSFA's
         offline rank reaches the models). With ``resume``, ``cfg`` is the run directory's
         (``resume_config``) and the run continues from its newest checkpoint. ``data``: the
-        clients' data as the preflight read and dealt it (read here when not given)."""
+        clients' data as the preflight read and dealt it (read here when not given).
+        ``prepared``: the caller prepared ``cfg`` already (the Ray driver does, to start the
+        client actors on it before it loads torch)."""
         if resume and run_dir is None:
             raise ValueError("resuming needs the run directory")
-        if not resume:
+        if not resume and not prepared:
             cfg = controller_class(cfg.controller.kind).prepare(cfg, run_dir)
         self.cfg = cfg
         built = hasattr(backend, "train") and not isinstance(backend, type)
