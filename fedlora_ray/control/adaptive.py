@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -674,9 +675,22 @@ def _solve_s(prob: AdaptiveProblem, q: np.ndarray, s: np.ndarray) -> np.ndarray:
     return options[cur_s]
 
 
-def solve(prob: AdaptiveProblem, tol: float = 1e-6, max_iterations: int = 100) -> AdaptivePlan:
-    """Alternate the q and s steps from two starts; keep the better plan (docs/algorithms.md §7
-    [ours]; ``adaptive_reference.solve`` is the same solver as plain loops)."""
+Step = Callable[[AdaptiveProblem, np.ndarray, np.ndarray], np.ndarray]
+
+
+def alternate(
+    prob: AdaptiveProblem,
+    q_step: Step,
+    s_step: Step,
+    objective: Callable[[np.ndarray, np.ndarray], float],
+    tol: float = 1e-6,
+    max_iterations: int = 100,
+) -> AdaptivePlan:
+    """The plan of docs/algorithms.md §7 [ours]: from two starts (every s at the largest option,
+    then at the smallest; q = K / N clipped to the bounds), alternate ``q_step(prob, s, q)`` and
+    ``s_step(prob, q, s)`` until F changes by at most ``tol`` relative (at most
+    ``max_iterations`` alternations); keep the start with the lower F. The fast solver and the
+    plain reference (``adaptive_reference``) differ only in their steps."""
     start_time = time.perf_counter()
     uniform_q = np.full(prob.n, prob.k / prob.n)
     best: tuple[float, np.ndarray, np.ndarray, int] | None = None
@@ -686,9 +700,9 @@ def solve(prob: AdaptiveProblem, tol: float = 1e-6, max_iterations: int = 100) -
         value, it = math.inf, 0
         while it < max_iterations:
             it += 1
-            q = _solve_q(prob, s, q)
-            s = _solve_s(prob, q, s)
-            new = prob.objective(q, s)
+            q = q_step(prob, s, q)
+            s = s_step(prob, q, s)
+            new = objective(q, s)
             done = abs(value - new) <= tol * abs(new)
             value = new
             if done:
@@ -706,6 +720,12 @@ def solve(prob: AdaptiveProblem, tol: float = 1e-6, max_iterations: int = 100) -
         iterations=it,
         solve_seconds=time.perf_counter() - start_time,
     )
+
+
+def solve(prob: AdaptiveProblem, tol: float = 1e-6, max_iterations: int = 100) -> AdaptivePlan:
+    """The fast solver: ``alternate`` with the coordinate-descent-and-exchange q step and the
+    slot-fold s step (docs/algorithms.md §7 [ours])."""
+    return alternate(prob, _solve_q, _solve_s, prob.objective, tol, max_iterations)
 
 
 def uniform_plan(prob: AdaptiveProblem, s: np.ndarray) -> AdaptivePlan:

@@ -15,11 +15,10 @@ says it works in ascending T.
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 
-from fedlora_ray.control.adaptive import AdaptivePlan, AdaptiveProblem, expected_max
+from fedlora_ray.control.adaptive import AdaptivePlan, AdaptiveProblem, alternate, expected_max
 
 # A coordinate-descent sweep ends the descent when no q moved by more than this.
 DESCENT_TOL = 1e-9
@@ -217,36 +216,6 @@ def solve_s(prob: AdaptiveProblem, q: np.ndarray, s: np.ndarray) -> np.ndarray:
 
 
 def solve(prob: AdaptiveProblem, tol: float = 1e-6, max_iterations: int = 100) -> AdaptivePlan:
-    """The plan of docs/algorithms.md §7 [ours]: from two starts (every s at the largest option,
-    then at the smallest; q = K / N clipped to the bounds), alternate ``solve_q`` and ``solve_s``
-    until F changes by at most ``tol`` relative (at most ``max_iterations`` alternations); keep
-    the start with the lower F."""
-    start_time = time.perf_counter()
-    uniform_q = np.full(prob.n, prob.k / prob.n)
-    best: tuple[float, np.ndarray, np.ndarray, int] | None = None
-    for start in (max(prob.options), min(prob.options)):
-        s = np.full(prob.n, float(start))
-        q = np.clip(uniform_q, prob.q_min, prob.q_max)
-        value, it = math.inf, 0
-        while it < max_iterations:
-            it += 1
-            q = solve_q(prob, s, q)
-            s = solve_s(prob, q, s)
-            new = objective(prob, q, s)
-            done = abs(value - new) <= tol * abs(new)
-            value = new
-            if done:
-                break
-        if best is None or value < best[0]:
-            best = (value, q, s, it)
-    assert best is not None
-    value, q, s, it = best
-    return AdaptivePlan(
-        q=q,
-        s=s,
-        objective=value,
-        rounds=float(prob.rounds(q, s)),
-        expected_round_s=float(expected_max(prob.times(s), q)),
-        iterations=it,
-        solve_seconds=time.perf_counter() - start_time,
-    )
+    """The plan of docs/algorithms.md §7 [ours] from the plain steps: ``alternate`` (the same
+    outer loop as the fast solver's) with ``solve_q`` and ``solve_s``."""
+    return alternate(prob, solve_q, solve_s, lambda q, s: objective(prob, q, s), tol, max_iterations)
