@@ -1,10 +1,14 @@
-"""Checks of a run config against the base model and the data, before any work starts.
+"""Checks of a run config against its data and its base model, and what a run reads once.
 
 ``validate_run_config`` (fedlora_ray.components) checks each field on its own, the rules
-between fields and each component's own rules; these checks need the base model's module names
-and shapes (read from a weightless copy on the meta device: no weights load) and the training
-split (WordNet glosses: a fraction of a second). ``check_run`` raises ConfigError naming the
-field, the value and what is allowed, so a bad run stops before Ray starts or any model is built.
+between fields and each component's own rules. Here:
+- ``check_data`` reads the training labels and draws the partition, once, in the launching
+  process and before Ray starts (numpy only); the run gets the result (``ClientData``);
+- ``check_model`` reads the base model's module names and shapes (from a weightless copy on the
+  meta device: no weights load); the client trainer runs it where it builds the model, so the
+  launching process never loads torch or transformers;
+- ``resume_config`` is a resume's one read of a run folder's config.json (a path or a URI).
+Each raises ConfigError naming the field, the value and what is allowed, before any training.
 """
 
 from __future__ import annotations

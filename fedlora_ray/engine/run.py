@@ -1,9 +1,10 @@
 """A federated run: its state, the round function, and the callbacks after each round.
 
-``FederatedRun`` prepares the config (TSFA's offline rank), builds the backend and the run's
-context, starts from round 0 or from the newest checkpoint, and then repeats
-``round_step`` -> callbacks until ``federation.rounds``. The serial simulator drives it in one
-process; the Ray ``DriverActor`` drives it there.
+``FederatedRun`` is the one path every run takes: prepare the config (TSFA's offline rank),
+build (the backend, and the context from the clients' data the preflight read once), start
+from round 0 or resume from the newest checkpoint, then repeat ``round_step`` -> callbacks
+until ``federation.rounds``. The serial backend drives it in one process; the Ray
+``DriverActor`` drives it there.
 """
 
 from __future__ import annotations
