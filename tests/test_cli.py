@@ -168,3 +168,24 @@ def test_controller_only_mode_from_the_cli(tmp_path, capsys):
     assert len(clients) == df["sampled"].sum() and set(clients["round"]) == set(range(1, 401))
     assert "mean upload delay" in capsys.readouterr().out
     assert main([*args, "--set", "controller.kind=tsfa"]) == 2  # tsfa needs a sparsifier
+
+
+def test_a_run_draws_its_partition_once(tmp_path, monkeypatch):
+    """The launcher deals the training labels to the clients once and the run uses that deal:
+    nothing else draws a partition (the driver's context once drew it again)."""
+    import fedlora_ray.data
+    import fedlora_ray.data.partition
+    import fedlora_ray.preflight
+
+    draws = []
+    real = fedlora_ray.data.partition.partition_indices
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        draws.append(1)
+        return real(*args, **kwargs)
+
+    for module in (fedlora_ray.data, fedlora_ray.data.partition, fedlora_ray.preflight):
+        monkeypatch.setattr(module, "partition_indices", counted)
+    sets = [arg for item in TINY for arg in ("--set", item)]
+    assert main(["run", str(ROOT / "jobs/configs/smoke.yaml"), "--out", str(tmp_path / "run"), *sets]) == 0
+    assert len(draws) == 1
