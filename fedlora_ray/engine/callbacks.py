@@ -18,7 +18,7 @@ from fedlora_ray.algorithm.state import RunContext, RunState
 from fedlora_ray.config import RunConfig
 from fedlora_ray.run_errors import DivergenceError
 from fedlora_ray.rundir import RunLog, save_checkpoint
-from fedlora_ray.rundir.checkpoint import checkpoint_round, checkpoints
+from fedlora_ray.rundir.checkpoint import checkpoint_rounds
 
 
 class RunView(Protocol):
@@ -118,7 +118,7 @@ class Checkpoint(Callback):
         run.log.flush()
         state.clients.persist()
         save_checkpoint(run.log.dir, state.round, {"state": state, "config": run.cfg.to_dict()}, ck.keep)
-        state.clients.checkpointed(state.round, [checkpoint_round(p) for p in checkpoints(run.log.dir)])
+        state.clients.checkpointed(state.round, checkpoint_rounds(run.log.dir))
 
 
 def format_progress(row: dict[str, Any], rounds: int) -> str:

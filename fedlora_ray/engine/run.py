@@ -34,7 +34,7 @@ from fedlora_ray.engine.callbacks import (
 from fedlora_ray.engine.client_store import CLIENT_STORE_DIR, ClientStore
 from fedlora_ray.preflight import ClientData, check_data
 from fedlora_ray.rundir import RunLog, latest_checkpoint, load_checkpoint
-from fedlora_ray.rundir.checkpoint import checkpoint_round, checkpoints
+from fedlora_ray.rundir.checkpoint import checkpoint_rounds
 
 BackendFactory = Callable[[RunConfig], Backend]
 
@@ -84,7 +84,7 @@ class FederatedRun:
         store_dir = Path(run_dir) / CLIENT_STORE_DIR if run_dir is not None else None
         if checkpoint:
             saved: RunState = load_checkpoint(checkpoint)["state"]
-            kept = [checkpoint_round(p) for p in checkpoints(checkpoint.parent.parent)]
+            kept = checkpoint_rounds(checkpoint.parent.parent)
             clients = ClientStore.resume(
                 saved.clients,  # type: ignore[arg-type]  # the engine's own store, as checkpointed
                 store_dir,

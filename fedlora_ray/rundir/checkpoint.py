@@ -30,20 +30,16 @@ def checkpoint_round(path: Path) -> int:
     return int(match.group(1))
 
 
-def checkpoints(run_dir: str | Path) -> list[Path]:
-    """The complete checkpoints of a run directory, oldest first."""
-    folder = Path(run_dir) / CHECKPOINT_DIR
-    if not folder.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
-    return [p for _, p in sorted(found)]
-
-
 def checkpoint_rounds(place: str | Path) -> list[int]:
     """The rounds of the complete checkpoints of a run folder or URI, oldest first."""
     return sorted(
         int(m.group(1)) for name in list_names(str(place), CHECKPOINT_DIR) if (m := _NAME.match(name))
     )
+
+
+def checkpoints(run_dir: str | Path) -> list[Path]:
+    """The complete checkpoints of a run directory, oldest first."""
+    return [Path(run_dir) / CHECKPOINT_DIR / f"round-{r:06d}.pt" for r in checkpoint_rounds(run_dir)]
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
