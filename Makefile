@@ -1,4 +1,5 @@
-# `make quickstart` runs the main job, `make vision` the vision default; `make test` runs the whole
+# `make quickstart` runs the main job, `make vision` the vision default, `make llm` the causal-LM
+# default (SmolLM2-135M-Instruct on WordNet definitions); `make test` runs the whole
 # suite. All install first.
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,7 +8,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export RAY_AUTH_MODE := disabled
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install quickstart vision smoke test lint bench
+.PHONY: install quickstart vision llm smoke test lint bench
 
 $(VENV)/.installed: pyproject.toml constraints.txt scripts/setup.sh
 	scripts/setup.sh
@@ -19,6 +20,9 @@ quickstart: install
 
 vision: install
 	$(BIN)/fedlora-ray run jobs/configs/vision_quickstart.yaml
+
+llm: install
+	$(BIN)/fedlora-ray run jobs/configs/llm_quickstart.yaml
 
 smoke: install
 	$(BIN)/fedlora-ray run jobs/configs/smoke.yaml

@@ -52,7 +52,10 @@ def _parser() -> argparse.ArgumentParser:
     ctl.add_argument("--set", dest="overrides", action="append", default=[], metavar="a.b=value")
     rep = sub.add_parser("report", help="plots and a markdown summary from run directories or sweeps")
     rep.add_argument("runs", nargs="+", help="run directories, or sweep roots (all their runs)")
-    rep.add_argument("--out", default="report", help="folder for the PNGs and summary.md")
+    rep.add_argument("--out", default="report", help="folder for the PNGs and summary.md (new, empty, "
+                     "or an earlier report's)")  # fmt: skip
+    rep.add_argument("--by", nargs="+", help="group by these keys (a sweep's varied keys, 'seed', or "
+                     "config fields as section.field; default: runs differing only in the seed)")  # fmt: skip
     swp = sub.add_parser("sweep", help="run a grid of config keys x seeds on Ray, many runs at once")
     swp.add_argument("spec", help="sweep spec (YAML; see jobs/sweeps/)")
     swp.add_argument("--out", required=True, help="sweep root: a folder or URI, one run folder per run")
@@ -64,8 +67,19 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--last", type=int, default=3, help="mean accuracy over the last K evaluations")
     cmp.add_argument("--target", type=float, help="accuracy for the time-to-target columns (default: "
                      "90%% of the worst group's best mean accuracy)")  # fmt: skip
-    cmp.add_argument("--by", nargs="+", help="group by these varied keys (default: all but the seed)")
+    cmp.add_argument("--by", nargs="+", help="group by these keys (a sweep's varied keys, 'seed', or "
+                     "config fields as section.field; default: all varied keys but the seed)")  # fmt: skip
     return p
+
+
+def _check_local_out(out: Path, flag: str) -> None:
+    """A local output path whose own kind the caller checks: no file on its way (the first
+    existing ancestor must be a folder)."""
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{flag} {str(out)!r}: {str(parent)!r} is a file, not a folder")
+            break
 
 
 def run_command(cfg: RunConfig, out: Path | str) -> dict:
@@ -76,19 +90,16 @@ def run_command(cfg: RunConfig, out: Path | str) -> dict:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {str(out)!r} is an existing file; --out names the run's folder")
-    for parent in out.parents:  # the first existing ancestor must be a folder
-        if parent.exists():
-            if not parent.is_dir():
-                raise ConfigError(f"--out {str(out)!r}: {str(parent)!r} is a file, not a folder")
-            break
+    _check_local_out(out, "--out")
     if (out / "rounds.parquet").exists():
         raise ConfigError(f"--out {str(out)!r} already holds a run's logs; choose another folder")
     return _run_checked(cfg, out)
 
 
 def _run_checked(cfg: RunConfig, out: Path | str) -> dict:
-    from fedlora_ray.preflight import check_data
+    from fedlora_ray.preflight import check_data, check_precision
 
+    check_precision(cfg)
     # the data for every client, read and dealt once (numpy only); the model is checked where
     # it is built, before any training, so this process needs neither torch nor transformers
     data = check_data(cfg)
@@ -102,10 +113,11 @@ def _run_checked(cfg: RunConfig, out: Path | str) -> dict:
 
 
 def resume_command(run_dir: Path | str, overrides: list[str]) -> dict:
-    from fedlora_ray.preflight import check_data, resume_config
+    from fedlora_ray.preflight import check_data, check_precision, resume_config
 
     check_out(str(run_dir), "resume")
     cfg = resume_config(run_dir, overrides)  # the one read of its config.json, folder or URI
+    check_precision(cfg)  # a run folder copied to a machine without the GPU it ran on
     data = check_data(cfg)
     if cfg.runtime.backend == "serial":
         from fedlora_ray.engine.serial import run_serial
@@ -131,16 +143,27 @@ def main(argv: list[str] | None = None) -> int:
         from fedlora_ray.control.controller_only import simulate_control
 
         try:
+            check_control_out(args.out, "--out")
+            if args.clients:
+                check_control_out(args.clients, "--clients")
+                if Path(args.clients).resolve() == Path(args.out).resolve():
+                    raise ConfigError(
+                        f"--clients {args.clients!r} is --out's file too; give each its own file"
+                    )
             log = simulate_control(load_run_config(args.config, args.overrides), args.rounds)
         except ConfigError as err:
             print(f"fedlora-ray: error: {err}", file=sys.stderr)
             return 2
         df = log.rounds
-        with atomic_path(args.out) as tmp:
-            df.to_parquet(tmp)
-        if args.clients:
-            with atomic_path(args.clients) as tmp:
-                log.clients.to_parquet(tmp)
+        from fedlora_ray.run_errors import DiskFullError
+
+        try:
+            write_control_parquet(df, args.out)
+            if args.clients:
+                write_control_parquet(log.clients, args.clients)
+        except DiskFullError as err:  # the write left no partial file behind
+            print(f"fedlora-ray: error: {err}", file=sys.stderr)
+            return 3
         print(
             f"{args.out}: {len(df)} rounds, rank {df['lora_rank'].iloc[0]}, mean keep ratio "
             f"{df['keep_ratio'].mean():.3f}, mean upload delay {df['upload_delay_s'].mean():.4f} s, "
@@ -151,25 +174,32 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "report":
         from fedlora_ray.report import write_report
+        from fedlora_ray.run_errors import DamagedFileError
 
         try:
-            print(f"report: {write_report(args.runs, args.out)}")
-        except FileNotFoundError as err:
+            print(f"report: {write_report(args.runs, args.out, by=args.by)}")
+        except (FileNotFoundError, ConfigError, DamagedFileError) as err:
             print(f"fedlora-ray: error: {err}", file=sys.stderr)
             return 2
         return 0
     if args.command == "compare":
         from fedlora_ray.report import compare_table
+        from fedlora_ray.run_errors import DamagedFileError
 
         try:
             print(compare_table(args.runs, last=args.last, target=args.target, by=args.by))
-        except (FileNotFoundError, ConfigError) as err:
+        except (FileNotFoundError, ConfigError, DamagedFileError) as err:
             print(f"fedlora-ray: error: {err}", file=sys.stderr)
             return 2
         return 0
     if args.command == "sweep":
         return sweep_command(args)
-    from fedlora_ray.run_errors import BadUpdateError, DivergenceError  # no torch in this process
+    from fedlora_ray.run_errors import (  # no torch in this process
+        BadUpdateError,
+        DamagedFileError,
+        DiskFullError,
+        DivergenceError,
+    )
 
     try:
         if args.command == "resume":
@@ -184,8 +214,14 @@ def main(argv: list[str] | None = None) -> int:
         # cause is the error as raised, without the remote traceback
         print(f"fedlora-ray: error: {getattr(err, 'cause', None) or err}", file=sys.stderr)
         return 2
+    except DamagedFileError as err:  # a file of the run folder failed its check: one line, no traceback
+        print(f"fedlora-ray: error: {getattr(err, 'cause', None) or err}", file=sys.stderr)
+        return 2
     except (DivergenceError, BadUpdateError) as err:  # the run stopped; its logs end at the last good round
         print(f"fedlora-ray: error: {err.args[0] if err.args else err}", file=sys.stderr)
+        return 3
+    except DiskFullError as err:  # the run stopped at its last complete round; resume continues it
+        print(f"fedlora-ray: error: {getattr(err, 'cause', None) or err}", file=sys.stderr)
         return 3
     print(f"run directory: {out}")
     print(json.dumps(summary, indent=2))
@@ -195,10 +231,11 @@ def main(argv: list[str] | None = None) -> int:
 def sweep_command(args: argparse.Namespace) -> int:
     """Exit 0 when every run finished, 1 when some failed (the table names them), 2 when the
     spec or --out was refused before any run started."""
-    from fedlora_ray.sweep import load_spec
+    from fedlora_ray.sweep import check_sweep_root, load_spec
 
     try:
         check_out(args.out)
+        check_sweep_root(args.out)
         spec = load_spec(args.spec, args.seeds, args.overrides)
         from actors.sweep import closing_table, run_sweep
 
@@ -209,6 +246,59 @@ def sweep_command(args: argparse.Namespace) -> int:
         return 2
     print(closing_table(outcomes))
     return 1 if any(o.status == "failed" for o in outcomes) else 0
+
+
+# What control writes into its Parquet files' metadata: a later control may replace such a file,
+# never another one.
+_CONTROL_MARK = (b"fedlora-ray", b"control")
+
+
+def check_control_out(path: str, flag: str) -> None:
+    """Refuse, before any work, a control output that is not control's own: a URI (control writes
+    a local file), a folder, a path through a file, or an existing file that an earlier control
+    did not write (Parquet with control's mark or exactly its columns) [ours]."""
+    if is_uri(path):
+        raise ConfigError(f"{flag} {path!r}: control writes a local Parquet file; give a path")
+    out = Path(path)
+    if out.is_dir():
+        raise ConfigError(
+            f"{flag} {path!r} is a folder; {flag} names the Parquet file control writes "
+            f"(e.g. {str(out / 'control.parquet')!r})"
+        )
+    _check_local_out(out, flag)
+    if out.exists() and not _written_by_control(out):
+        raise ConfigError(
+            f"{flag} {path!r} is an existing file that control did not write; it is left as it is. "
+            "Give a new path (or an earlier control's Parquet file, which is replaced)"
+        )
+
+
+def _written_by_control(path: Path) -> bool:
+    import pyarrow.parquet as pq
+
+    from fedlora_ray.control.controller_only import CLIENT_COLUMNS, ROUND_COLUMNS
+
+    try:
+        schema = pq.read_schema(path)
+    except Exception:  # not Parquet at all (pyarrow raises ArrowInvalid, OSError, ...)
+        return False
+    if (schema.metadata or {}).get(_CONTROL_MARK[0]) == _CONTROL_MARK[1]:
+        return True
+    names = [n for n in schema.names if n != "__index_level_0__"]
+    return names in (ROUND_COLUMNS, CLIENT_COLUMNS)  # written before the mark existed
+
+
+def write_control_parquet(df: object, path: str) -> None:
+    """A control table, whole or not at all, with control's mark in its metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    table = table.replace_schema_metadata(
+        {**(table.schema.metadata or {}), _CONTROL_MARK[0]: _CONTROL_MARK[1]}
+    )
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 if __name__ == "__main__":

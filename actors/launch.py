@@ -2,11 +2,13 @@
 federated job on it.
 
 Before any work: a cluster address (``runtime.ray_address`` or RAY_ADDRESS) must accept a TCP
-connection within ``runtime.connect_timeout_s`` (``ray.init`` itself retries a dead address
-silently for a long time: over 40 s measured); a cluster that cannot grow (the local one this
-script starts) must hold the pool, or the run stops at once; any cluster must find room for the
-pool within ``runtime.placement_timeout_s`` (a cluster joined by address may autoscale, so it
-gets that long to add nodes). A port that accepts TCP but is not a Ray GCS is not caught here.
+connection and, for a GCS address, answer the GCS's own gRPC call (GetClusterId), both within
+``runtime.connect_timeout_s`` (``ray.init`` itself retries a dead address silently for a long
+time: over 40 s measured; and a proxy or firewall that accepts every TCP connection, as some
+networks have, made it hang 22 s before a traceback); a cluster that cannot grow (the local one
+this script starts) must hold the pool, or the run stops at once; any cluster must find room for
+the pool within ``runtime.placement_timeout_s`` (a cluster joined by address may autoscale, so it
+gets that long to add nodes). A Ray Client address (ray://) gets the TCP check only.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import math
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +53,10 @@ def connect(cfg: RunConfig) -> bool:
         where = f"RAY_ADDRESS = {address!r} (used because config field 'runtime.ray_address' is empty)"
     if address:
         check_reachable(address, where, rt.connect_timeout_s)
-        ray.init(address=address, log_to_driver=True)
+        try:
+            ray.init(address=address, log_to_driver=True)
+        except (ConnectionError, RuntimeError) as err:  # it answered the probe, then failed
+            raise ConfigError(f"{where}: joining the Ray cluster failed ({err}); {_ADDRESS_HELP}") from None
         return False
     with _worker_allocator(rt.jemalloc):
         ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1")
@@ -92,8 +98,8 @@ def check_reachable(address: str, where: str, timeout_s: float) -> None:
     endpoint = _endpoint(address, where)
     if endpoint is None:
         return  # a Ray Client plug-in scheme ("anyscale://..."): ray.init knows what it means
-    host, port = endpoint
-    problem = _probe(host, port, timeout_s)
+    host, port, gcs = endpoint
+    problem = _probe(host, port, timeout_s, gcs)
     if problem:
         raise ConfigError(
             f"{where}: no Ray cluster answers at {host}:{port} ({problem}); {_ADDRESS_HELP}. "
@@ -101,8 +107,9 @@ def check_reachable(address: str, where: str, timeout_s: float) -> None:
         )
 
 
-def _endpoint(address: str, where: str) -> tuple[str, int] | None:
-    """The host and port that must accept a TCP connection for ``address`` to work."""
+def _endpoint(address: str, where: str) -> tuple[str, int, bool] | None:
+    """The host and port that must accept a TCP connection for ``address`` to work, and whether
+    a Ray GCS must answer there (not for ray://, a Ray Client server)."""
     if address == "auto":  # the cluster `ray start` last started on this machine
         from ray._private.services import canonicalize_bootstrap_address
 
@@ -140,12 +147,52 @@ def _endpoint(address: str, where: str) -> tuple[str, int] | None:
         port_text = str(default_port)
     if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ConfigError(f"{where}: not a host:port address; {_ADDRESS_HELP}")
-    return host, int(port_text)
+    return host, int(port_text), default_port is None
 
 
-def _probe(host: str, port: int, timeout_s: float) -> str:
-    """'' when a TCP connection to host:port opens within timeout_s, else what went wrong. The
-    name lookup runs in the same bounded thread, since getaddrinfo has no timeout of its own."""
+def _probe(host: str, port: int, timeout_s: float, gcs: bool = False) -> str:
+    """'' when a TCP connection to host:port opens within timeout_s (and, with ``gcs``, a Ray
+    GCS answers there in the time left), else what went wrong. The name lookup runs in the same
+    bounded thread, since getaddrinfo has no timeout of its own."""
+    start = time.monotonic()
+    problem = _tcp_probe(host, port, timeout_s)
+    if problem or not gcs or os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+        return problem  # a TLS cluster's GCS needs its certificates: ray.init checks it
+    return _gcs_probe(host, port, max(0.05, timeout_s - (time.monotonic() - start)), timeout_s)
+
+
+def _gcs_probe(host: str, port: int, left_s: float, timeout_s: float) -> str:
+    """'' when the GCS at host:port answers GetClusterId within ``left_s``. A port that accepts
+    TCP is not enough: a proxy or firewall may accept every connection (one answered HTTP/2 with
+    a 404 here), and ray.init then retries for many seconds before a traceback."""
+    import grpc
+
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    channel = grpc.insecure_channel(target)
+    try:
+        # bytes in, bytes out: an empty GetClusterIdRequest, no protobuf classes needed
+        channel.unary_unary("/ray.rpc.NodeInfoGcsService/GetClusterId")(b"", timeout=left_s)
+    except grpc.RpcError as err:
+        code = err.code()  # type: ignore[attr-defined]
+        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            return ""  # a GCS that wants a token: ray.init sends it, and says what is wrong
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return (
+                "a TCP connection opened, but no Ray GCS answered within "
+                f"runtime.connect_timeout_s = {timeout_s:g} s"
+            )
+        details = (err.details() or "").strip()  # type: ignore[attr-defined]
+        return (
+            "a TCP connection opened, but what answers there is not a Ray cluster's GCS ("
+            f"{code.name.lower()}{': ' + details if details else ''})"
+        )
+    finally:
+        channel.close()
+    return ""
+
+
+def _tcp_probe(host: str, port: int, timeout_s: float) -> str:
+    """'' when a TCP connection to host:port opens within timeout_s, else what went wrong."""
     result: list[str] = []
 
     def attempt() -> None:

@@ -23,7 +23,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from fedlora_ray.config import ConfigError, RunConfig
 from fedlora_ray.storage import join, remove_folder, write_file
-from fedlora_ray.sweep import RUNS_FILE, SweepRun, SweepSpec, run_status, runs_table
+from fedlora_ray.sweep import RUNS_FILE, SweepRun, SweepSpec, check_sweep_root, run_status, runs_table
 
 
 @dataclass
@@ -92,6 +92,7 @@ def run_sweep(spec: SweepSpec, root: str, write: Callable[[str], None] = print) 
     spec order. runs.parquet and sweep.json are written first."""
     from actors.launch import connect
 
+    check_sweep_root(root)  # before anything is written there
     configs = {run.run_id: spec.config(run) for run in spec.runs}
     statuses = {rid: run_status(join(root, rid), cfg) for rid, cfg in configs.items()}
     needs = {rid: _needs(cfg, spec) for rid, cfg in configs.items()}

@@ -7,6 +7,10 @@ between fields and each component's own rules. Here:
 - ``check_model`` reads the base model's module names and shapes (from a weightless copy on the
   meta device: no weights load); the client trainer runs it where it builds the model, so the
   launching process never loads torch or transformers;
+- ``check_upload_budget`` refuses a fixed keep ratio whose budget sends no LoRA entry, once the
+  modules' shapes are known (``check_model`` runs it; controller-only mode too);
+- ``check_precision`` refuses bf16 where the forward passes would run on a CPU (the launcher runs
+  it before Ray starts);
 - ``resume_config`` is a resume's one read of a run folder's config.json (a path or a URI).
 Each raises ConfigError naming the field, the value and what is allowed, before any training.
 """
@@ -14,18 +18,26 @@ Each raises ConfigError naming the field, the value and what is allowed, before 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import math
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from fedlora_ray.atomic_write import write_bytes
 from fedlora_ray.components import load_run_config
+from fedlora_ray.compress import COMPRESSORS, upload_model
+from fedlora_ray.compress.bits import Dims, module_budget, nearest_component_upload, whole_component_upload
 from fedlora_ray.config import ConfigError, RunConfig, parse_override
 from fedlora_ray.control import controller_class
+from fedlora_ray.control.base import Controller
 from fedlora_ray.data import partition_indices
+from fedlora_ray.run_errors import DamagedFileError
 from fedlora_ray.rundir.checkpoint import checkpoint_rounds
-from fedlora_ray.storage import read_text
+from fedlora_ray.storage import is_uri, read_json
 from fedlora_ray.tasks import DATASETS, load_splits, model_family
 from fedlora_ray.tasks.base import targets
 
@@ -88,6 +100,97 @@ def check_model(cfg: RunConfig) -> None:
             f"(min of in and out features) of the targeted modules {names} of the "
             f"{model.name!r} base model"
         )
+    check_upload_budget(cfg, list(targeted.values()))
+
+
+def _smallest_ratio(sends: Callable[[float], bool]) -> float:
+    """The smallest keep ratio in (0, 1] for which ``sends`` holds (it is monotone in the ratio),
+    rounded up to three significant digits so that the figure shown is itself enough."""
+    lo, hi = 0.0, 1.0
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if sends(mid) else (mid, hi)
+    scale = 10.0 ** (2 - math.floor(math.log10(hi)))
+    shown = min(1.0, math.ceil(hi * scale) / scale)
+    return shown if sends(shown) else hi
+
+
+def check_upload_budget(cfg: RunConfig, dims: Dims) -> None:
+    """Refuse a fixed keep ratio whose budget sends no LoRA entry: round(rho r (d + k)) = 0 for
+    some module (for FLASC's global scope: for all of them), or, for FedLoDrop, less than one
+    whole component (less than half of one with ``compression.fedlodrop_rounding = nearest``,
+    docs/algorithms.md §3), unless ``compression.allow_empty_upload`` [docs/algorithms.md §9, ours].
+    ``dims``: the (d, k) of every module LoRA targets. The payload model is the compressor's own
+    (``module_upload``), so a registered method is checked by what it would send. Controllers
+    that choose the ratio each round (OSFA, TSFA) are not checked: their choice is their own."""
+    comp, rank = cfg.compression, cfg.model.lora_rank
+    if comp.allow_empty_upload or COMPRESSORS[comp.method].dense or not dims:
+        return
+    if controller_class(cfg.controller.kind).keep_ratio is not Controller.keep_ratio:
+        return
+    upload = upload_model(comp)  # FedLoDrop's components counted by compression.fedlodrop_rounding
+    shapes = sorted(set(dims))
+    pooled = COMPRESSORS[comp.method].pools_budget(comp)  # one budget over all modules
+
+    def entries(rho: float) -> list[int]:
+        return [upload(d, k, rank, rank, rho, comp.value_bits)[0] for d, k in shapes]
+
+    def sends(rho: float) -> bool:
+        sent = entries(rho)
+        return sum(sent) >= 1 if pooled else min(sent) >= 1
+
+    if sends(comp.keep_ratio):
+        return
+    rho = comp.keep_ratio
+    d, k = next(dk for dk, n in zip(shapes, entries(rho)) if n == 0)
+    budget = f"K_m = round({rho:g} x {rank} x ({d} + {k})) = {module_budget(rho, d, k, rank)} entries"
+    why = (
+        f"{budget}, less than {'half a' if comp.fedlodrop_rounding == 'nearest' else 'one whole'} "
+        f"rank component ({d + k} entries)"
+        if upload in (whole_component_upload, nearest_component_upload)
+        else budget
+    )
+    where = "in all modules together" if pooled else "in every targeted module"
+    smallest = (
+        f"The smallest keep ratio that sends something {where} is {_smallest_ratio(sends):g}"
+        if sends(1.0)  # a registered method might send nothing at any ratio
+        else f"No keep ratio in (0, 1] sends something {where}"
+    )
+    raise ConfigError(
+        f"config field 'compression.keep_ratio' = {rho:g}: compression.method {comp.method!r} "
+        f"would send no LoRA entry of the {d} x {k} modules at rank {rank} ({why}). {smallest}; "
+        "set compression.allow_empty_upload=true to run the empty upload anyway"
+    )
+
+
+def check_precision(cfg: RunConfig) -> None:
+    """Refuse ``runtime.precision = bf16`` where the forward passes would run on a CPU: client
+    actors without a GPU share (Ray gives them no GPU), or a serial run whose device is the CPU
+    (``auto`` without CUDA). On a CPU bf16 autocast is no faster (measured slower on the smoke
+    config) and its numbers no longer match the fp32 reference [docs/algorithms.md §9, ours].
+    Not part of the config's own rules: a benchmark may still evaluate bf16 on a CPU by hand."""
+    rt = cfg.runtime
+    if rt.precision != "bf16":
+        return
+    if rt.backend == "ray":
+        if rt.num_gpus_per_actor > 0:
+            return
+        where = "the client actors run on CPUs (runtime.num_gpus_per_actor = 0)"
+    elif rt.device == "cuda":
+        return
+    elif rt.device == "cpu":
+        where = "the serial backend runs on the CPU (runtime.device = 'cpu')"
+    else:
+        import torch  # the serial run loads it in this process anyway
+
+        if torch.cuda.is_available():
+            return
+        where = "the serial backend runs on the CPU (runtime.device = 'auto' and no CUDA device here)"
+    raise ConfigError(
+        f"config field 'runtime.precision' = 'bf16': {where}; bf16 is for GPUs (on a CPU it is no "
+        "faster and its numbers differ from the fp32 reference). Use runtime.precision=fp32, or give "
+        "the run a GPU"
+    )
 
 
 def check_data(cfg: RunConfig) -> ClientData:
@@ -110,18 +213,36 @@ def check_data(cfg: RunConfig) -> ClientData:
     return ClientData(tuple(train.label_names), partition)
 
 
+def _restore_config(run_dir: str | Path, damage: DamagedFileError) -> dict[str, Any]:
+    """A damaged config.json written again from the config its newest intact checkpoint holds
+    (verified data), saying so; without one, the damage is raised with what to do."""
+    from fedlora_ray.rundir.checkpoint import checkpoint_config  # torch: only on this rare path
+
+    found = None if is_uri(str(run_dir)) else checkpoint_config(run_dir)
+    if found is None:
+        raise DamagedFileError(
+            damage.path, damage.problem, "no intact checkpoint holds the config: restore the file from a "
+            "copy, or start the run again",
+        )  # fmt: skip
+    path, config = found
+    write_bytes(Path(run_dir) / "config.json", json.dumps(config, indent=2, sort_keys=True).encode())
+    said = f"fedlora-ray: {damage.path} was damaged ({damage.problem}); written again from {path}"
+    print(said, file=sys.stderr)
+    return config
+
+
 def resume_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
     """The run directory's config (a folder or a URI), which is authoritative, checked as every
     run's is (``load_run_config``). Only ``federation.rounds`` may be set (to extend a run); any
     other override is refused. The one read of config.json a resume makes."""
     where = f"{run_dir}/config.json"
     try:
-        text = read_text(str(run_dir), "config.json")
-    except OSError as err:
-        raise ConfigError(f"{where} cannot be read: {err}") from None
-    if text is None:
+        stored = read_json(str(run_dir), "config.json")
+    except DamagedFileError as err:
+        stored = _restore_config(run_dir, err)
+    if stored is None:
         raise ConfigError(f"{str(run_dir)!r} is not a run directory (no config.json)")
-    cfg = load_run_config(None, base=json.loads(text))
+    cfg = load_run_config(None, base=stored)
     for text in overrides:
         keys, _ = parse_override(text)
         if ".".join(keys) != "federation.rounds":

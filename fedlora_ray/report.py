@@ -20,6 +20,7 @@ import pandas as pd
 from fedlora_ray.atomic_write import atomic_path, write_bytes
 from fedlora_ray.config import ConfigError
 from fedlora_ray.rundir.run_log import has_logs, read_log
+from fedlora_ray.storage import read_json
 from fedlora_ray.sweep import RUNS_FILE
 
 
@@ -45,7 +46,9 @@ def load_run(path: str | Path, values: dict[str, Any] | None = None) -> Run:
     p = Path(path)
     if not has_logs(p):
         raise FileNotFoundError(f"{p} holds no rounds.parquet: not a run directory")
-    config = json.loads((p / "config.json").read_text())
+    config = read_json(str(p), "config.json", "restore it from the run's newest checkpoint with a resume")
+    if config is None:
+        raise FileNotFoundError(f"{p} holds no config.json: not a run directory")
     rounds = read_log(p)[0].to_pandas()
     rounds["cumulative_bits"] = rounds["uplink_bits"].cumsum()
     return Run(p, config, rounds, values)
@@ -81,13 +84,69 @@ def group_key(config: dict[str, Any]) -> str:
 
 
 def sweep_key(run: Run, by: list[str] | None) -> str:
-    """A sweep run's group: its varied values but the seed (or only the keys in ``by``)."""
-    assert run.values is not None
-    keys = by if by else [k for k in run.values if k != "seed"]
-    missing = [k for k in keys if k not in run.values]
-    if missing:
-        raise ConfigError(f"--by {missing}: the sweep varies only {sorted(run.values)}")
-    return ", ".join(f"{k}={run.values[k]}" for k in keys) or "all runs"
+    """A run's group under ``by`` (its values of those keys), or a sweep run's varied values but
+    the seed when ``by`` is empty."""
+    if not by:
+        assert run.values is not None
+        by = [k for k in run.values if k != "seed"]
+    return ", ".join(f"{k}={by_value(run, k)}" for k in by) or "all runs"
+
+
+_NOT_A_GROUP = {"name", "log.run_id"}  # differ between any two runs, never a grouping
+
+
+def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
+    """A config as {dotted field: value}."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        out.update(_leaves(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def by_value(run: Run, key: str) -> Any:
+    """``--by`` key ``key`` of a run: a sweep's varied key (an axis name or config key), 'seed',
+    or any config field as section.field. KeyError when the run has no such key."""
+    if run.values is not None and key in run.values:
+        return run.values[key]
+    if key == "seed":
+        return run.seed
+    leaves = _leaves(run.config)
+    if key not in leaves:
+        raise KeyError(key)
+    value = leaves[key]
+    return json.dumps(value) if isinstance(value, list) else value
+
+
+def by_keys(runs: list[Run]) -> list[str]:
+    """The keys worth grouping these runs by: the sweeps' varied keys, then the config fields
+    whose values differ between the runs."""
+    varied = list(dict.fromkeys(k for r in runs if r.values for k in r.values))
+    flat = [_leaves(r.config) for r in runs]
+    names = list(dict.fromkeys(k for f in flat for k in f))
+    differ = [k for k in names if k not in _NOT_A_GROUP and len({json.dumps(f.get(k)) for f in flat}) > 1]
+    return varied + [k for k in differ if k not in varied]
+
+
+def check_by(runs: list[Run], by: list[str] | None) -> None:
+    """Refuse a ``--by`` key that some run lacks, naming it and listing the keys these runs have
+    that differ between them."""
+    for key in by or []:
+        lacking = []
+        for run in runs:
+            try:
+                by_value(run, key)
+            except KeyError:
+                lacking.append(run)
+        if lacking:
+            keys = by_keys(runs)
+            listed = ", ".join(repr(k) for k in keys) if keys else "none (the runs differ in no config field)"
+            raise ConfigError(
+                f"--by {key!r}: run {str(lacking[0].path)!r} has no such key. Allowed: a sweep's varied "
+                f"key, 'seed', or a config field as section.field (`fedlora-ray fields` lists them); "
+                f"the keys that vary between these runs: {listed}"
+            )
 
 
 def default_label(run: Run) -> str:
@@ -104,15 +163,16 @@ def default_label(run: Run) -> str:
 def group_runs(runs: list[Run], by: list[str] | None = None) -> dict[str, list[Run]]:
     """Runs that differ only in their seed, together: by the sweep's varied keys for sweep runs,
     by the whole config otherwise."""
+    check_by(runs, by)
     groups: dict[str, list[Run]] = {}
     for run in runs:
-        key = sweep_key(run, by) if run.values is not None else group_key(run.config)
+        key = sweep_key(run, by) if run.values is not None or by else group_key(run.config)
         groups.setdefault(key, []).append(run)
     return groups
 
 
-def labels_of(groups: dict[str, list[Run]]) -> dict[str, str]:
-    return {k: k if v[0].values is not None else default_label(v[0]) for k, v in groups.items()}
+def labels_of(groups: dict[str, list[Run]], by: list[str] | None = None) -> dict[str, str]:
+    return {k: k if v[0].values is not None or by else default_label(v[0]) for k, v in groups.items()}
 
 
 def mean_curve(runs: list[Run], x: str, y: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -196,18 +256,65 @@ def summary_table(groups: dict[str, list[Run]], labels: dict[str, str]) -> list[
     return lines
 
 
-def write_report(run_dirs: list[str | Path], out: str | Path) -> Path:
-    """Plots and ``summary.md`` for the runs (or sweeps) into ``out``; returns the summary's path."""
+SUMMARY = "summary.md"
+_SUMMARY_TITLE = "# Run report"
+
+
+def check_report_out(out: str | Path) -> None:
+    """Refuse, before any work, a report folder that is not the report's own: an existing file
+    (or a file on its path), or a folder holding anything but what a report writes there (its
+    PNGs, a summary.md that begins as a report's does, and the hidden .tmp files of an
+    interrupted write). A report is rewritten in place; nothing else is ever overwritten
+    [ours]."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is an existing file; --out names the report's folder")
+    for parent in out.parents:  # the first existing ancestor must be a folder
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"--out {str(out)!r}: {str(parent)!r} is a file, not a folder")
+            break
+    if not out.is_dir():
+        return
+    own = {SUMMARY, *(name for name, *_ in PLOTS)}
+    foreign = []
+    for entry in sorted(out.iterdir()):
+        if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+            continue  # a write the report left unfinished
+        if entry.name not in own or not entry.is_file():
+            foreign.append(entry.name)
+        elif entry.name == SUMMARY and not _is_report_summary(entry):
+            foreign.append(f"{entry.name} (not a report's)")
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise ConfigError(
+            f"--out {str(out)!r} holds files a report did not write ({shown}); a report writes only "
+            f"{SUMMARY} and its PNGs into its folder. Give a new or empty folder"
+        )
+
+
+def _is_report_summary(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            return f.read(len(_SUMMARY_TITLE) + 1) == (_SUMMARY_TITLE + "\n").encode()
+    except OSError:
+        return False
+
+
+def write_report(run_dirs: list[str | Path], out: str | Path, by: list[str] | None = None) -> Path:
+    """Plots and ``summary.md`` for the runs (or sweeps) into ``out``, grouped by ``by`` when
+    given (``compare_table``'s keys); returns the summary's path."""
+    check_report_out(out)
     runs = load_runs(run_dirs)
-    groups = group_runs(runs)
-    labels = labels_of(groups)
+    groups = group_runs(runs, by)
+    labels = labels_of(groups, by)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     images = plot_groups(groups, labels, out)
-    lines = ["# Run report", "", *summary_table(groups, labels), ""]
+    lines = [_SUMMARY_TITLE, "", *summary_table(groups, labels), ""]
     lines += [f"![{p.stem}]({p.name})" for p in images]
-    write_bytes(out / "summary.md", ("\n".join(lines) + "\n").encode())
-    return out / "summary.md"
+    write_bytes(out / SUMMARY, ("\n".join(lines) + "\n").encode())
+    return out / SUMMARY
 
 
 def time_to_accuracy(run: Run, target: float) -> float:
@@ -229,8 +336,10 @@ def compare_table(
     lowest best mean accuracy among the groups, so that every group can reach it)."""
     if last < 1:
         raise ConfigError(f"--last {last}: must be >= 1")
+    if target is not None and not 0 <= target <= 1:
+        raise ConfigError(f"--target {target:g}: an accuracy, in [0, 1] (0.8 for 80%)")
     groups = group_runs(load_runs(paths), by)
-    labels = labels_of(groups)
+    labels = labels_of(groups, by)
     if target is None:
         bests = [np.mean([r.rounds["test_accuracy"].max() for r in runs]) for runs in groups.values()]
         target = 0.9 * float(np.nanmin(bests)) if bests else 0.0

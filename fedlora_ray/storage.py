@@ -13,6 +13,7 @@ head node, gone with the job: it is refused.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 
 from fedlora_ray.atomic_write import write_bytes
 from fedlora_ray.config import ConfigError
+from fedlora_ray.run_errors import DamagedFileError
 
 URI_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "file", "abfs", "abfss")
 _STAGING = Path(os.environ.get("FEDLORA_RAY_STAGING", Path.home() / ".cache" / "fedlora-ray" / "staging"))
@@ -136,6 +138,25 @@ def read_text(place: str, name: str) -> str | None:
         return None
     with filesystem.open_input_stream(target) as src:
         return bytes(src.read()).decode()
+
+
+def read_json(place: str, name: str, remedy: str = "") -> Any:
+    """The JSON file ``name`` of a folder or URI, parsed (None when it is absent);
+    DamagedFileError naming it when it cannot be read or parsed, or is not a JSON object."""
+    where = join(place, name)
+    try:
+        text = read_text(place, name)
+    except (OSError, UnicodeDecodeError) as err:
+        raise DamagedFileError(where, f"cannot be read ({err})", remedy) from None
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as err:  # JSONDecodeError: cut short, or bytes changed
+        raise DamagedFileError(where, f"not valid JSON ({err})", remedy) from None
+    if not isinstance(value, dict):
+        raise DamagedFileError(where, f"holds a JSON {type(value).__name__}, not an object", remedy)
+    return value
 
 
 def list_names(place: str, folder: str) -> list[str]:

@@ -133,9 +133,11 @@ def load_spec(
     if not path.is_file():
         raise ConfigError(f"sweep spec {str(path)!r} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise _fail(path, f"not valid YAML ({err})") from None
+    if raw is None:
+        raise _fail(path, "the file is empty (or holds only comments); see jobs/sweeps/ for specs")
     if not isinstance(raw, dict):
         raise _fail(path, "must hold a mapping at the top")
     unknown = set(raw) - _SPEC_KEYS
@@ -175,12 +177,47 @@ def load_spec(
         raise _fail(path, "task.num_cpus and task.num_gpus must be >= 0")
     if spec.max_concurrent < 0:
         raise _fail(path, "max_concurrent must be >= 0 (0: as many as the cluster holds)")
+    from fedlora_ray.preflight import check_precision
+
     for run in spec.runs:
         try:
-            spec.config(run)
+            cfg = spec.config(run)
+            # a packed serial run gets the task's GPU share on some node, not this machine's device
+            if not (cfg.runtime.backend == "serial" and spec.task_gpus > 0):
+                check_precision(cfg)
         except ConfigError as err:
             raise ConfigError(f"sweep spec {str(path)!r}, run {run.run_id!r}: {err}") from None
     return spec
+
+
+def check_sweep_root(root: str) -> None:
+    """Refuse, before any work, a sweep root that is not a sweep's: a file, a path through a
+    file, a run's own folder, or a folder holding other things and no sweep (runs.parquet or
+    sweep.json). A sweep root is reused as it is: finished runs are skipped, started ones resume,
+    and another spec may add its runs beside them (fig3v.yaml joins fig3.yaml's root) [ours]."""
+    from fedlora_ray.storage import is_uri, list_names
+
+    if not is_uri(root):
+        out = Path(root)
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out {root!r} is an existing file; --out names the sweep's root folder")
+        for parent in out.parents:  # the first existing ancestor must be a folder
+            if parent.exists():
+                if not parent.is_dir():
+                    raise ConfigError(f"--out {root!r}: {str(parent)!r} is a file, not a folder")
+                break
+    names = [n for n in list_names(root, "") if not n.startswith(".")]
+    if not names or RUNS_FILE in names or "sweep.json" in names:
+        return
+    if "rounds.parquet" in names or "config.json" in names:
+        raise ConfigError(
+            f"--out {root!r} is a run's folder, not a sweep root; give the sweep its own folder"
+        )
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    raise ConfigError(
+        f"--out {root!r} holds files that are not a sweep's ({shown}); give a new or empty folder, or "
+        "an earlier sweep's root"
+    )
 
 
 # --------------------------------------------------------------------------- a run's status
@@ -192,14 +229,13 @@ def run_status(place: str, cfg: RunConfig) -> str:
     the run's folder or URI. A run whose stored config differs from the spec's, other than in
     federation.rounds, is refused."""
     from fedlora_ray.rundir.checkpoint import _NAME, CHECKPOINT_DIR
-    from fedlora_ray.storage import list_names, read_text
+    from fedlora_ray.storage import list_names, read_json, read_text
 
-    stored = read_text(place, "config.json")
-    if stored is None:
+    old = read_json(place, "config.json", "remove that run folder, or resume it alone first")
+    if old is None:
         return "restart" if list_names(place, "") else "new"
-    old = json.loads(stored)
     new = cfg.to_dict()
-    diff = sorted(_diff(old, new) - {"federation.rounds"})
+    diff = sorted(_diff(old, new, RunConfig().to_dict()) - {"federation.rounds"})
     if diff:
         raise ConfigError(
             f"{place} holds a run whose config differs from the sweep's in {diff}; "
@@ -212,9 +248,21 @@ def run_status(place: str, cfg: RunConfig) -> str:
     return "resume" if checkpoints else "restart"
 
 
-def _diff(a: Any, b: Any, prefix: str = "") -> set[str]:
+_ABSENT = object()
+
+
+def _diff(a: Any, b: Any, default: Any = _ABSENT, prefix: str = "") -> set[str]:
+    """The dotted fields where stored config ``a`` and the sweep's ``b`` differ. A field ``a``
+    lacks (its run was written before the field existed) counts as its ``default``."""
+    if a is _ABSENT:
+        a = default
     if isinstance(a, dict) and isinstance(b, dict):
-        return {d for k in set(a) | set(b) for d in _diff(a.get(k), b.get(k), f"{prefix}{k}.")}
+        defaults = default if isinstance(default, dict) else {}
+        return {
+            d
+            for k in set(a) | set(b)
+            for d in _diff(a.get(k, _ABSENT), b.get(k), defaults.get(k, _ABSENT), f"{prefix}{k}.")
+        }
     return set() if a == b else {prefix.rstrip(".")}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,11 +68,18 @@ def train_local(
     torch.manual_seed(seed)  # dropout
     model.train()
     total, steps = torch.zeros((), device=device), 0
+    token_loss = getattr(model, "row_losses", None)  # a causal LM's: NLL of response tokens
     for idx in batches:
         inputs, y = data.batch(idx, device)
         with autocast(device, precision):
-            logits = model(*inputs)
-        loss = F.cross_entropy(logits.float(), y)
+            if token_loss is not None:
+                nll, tokens = token_loss(*inputs, y)
+            else:
+                logits = model(*inputs)
+        if token_loss is not None:  # the mean over the batch's response tokens [docs/algorithms.md §13]
+            loss = nll.sum() / tokens.sum().clamp_min(1)
+        else:
+            loss = F.cross_entropy(logits.float(), y)
         objective = (
             loss + lambda_o * orthogonal_penalty(lora_pairs, orth_scaled)
             if lambda_o > 0 and lora_pairs
@@ -88,11 +96,16 @@ def train_local(
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Summed loss and correct count per test batch: (batch index, loss sum, correct, count).
-    Sums run over the batches in index order, so they do not depend on which worker computed
-    which batch."""
+    """Per test batch: (batch index, loss sum, loss count, correct, count). Sums run over the
+    batches in index order, so they do not depend on which worker computed which batch.
 
-    batches: tuple[tuple[int, float, int, int], ...]
+    A classifier's batch counts its examples twice (loss and accuracy). A causal LM's batch holds
+    either held-out responses (their summed NLL over their response tokens and the token count,
+    no accuracy) or whole multiple-choice questions (no loss; right answers and questions)
+    [docs/algorithms.md §13]: ``loss`` is then the token-weighted mean NLL, whose exp is the
+    perplexity, and ``accuracy`` the multiple-choice accuracy (None without questions)."""
+
+    batches: tuple[tuple[int, float, int, int, int], ...]
 
     @staticmethod
     def combine(parts: list[EvalResult]) -> EvalResult:
@@ -103,20 +116,24 @@ class EvalResult:
         return sum(b[1] for b in self.batches)
 
     @property
-    def correct(self) -> int:
+    def loss_count(self) -> int:
         return sum(b[2] for b in self.batches)
 
     @property
-    def count(self) -> int:
+    def correct(self) -> int:
         return sum(b[3] for b in self.batches)
 
     @property
-    def accuracy(self) -> float:
-        return self.correct / max(self.count, 1)
+    def count(self) -> int:
+        return sum(b[4] for b in self.batches)
 
     @property
-    def loss(self) -> float:
-        return self.loss_sum / max(self.count, 1)
+    def accuracy(self) -> float | None:
+        return self.correct / self.count if self.count else None
+
+    @property
+    def loss(self) -> float | None:
+        return self.loss_sum / self.loss_count if self.loss_count else None
 
 
 @torch.no_grad()
@@ -128,10 +145,14 @@ def evaluate(
     part: int = 0,
     parts: int = 1,
     precision: str = "fp32",
+    mc_scoring: str = "mean",
 ) -> EvalResult:
     """Loss and correct count of every ``parts``-th batch of the whole split, from ``part``.
     Examples are taken in length order so batches carry little padding; the batches are cut
-    the same way whatever ``parts`` is."""
+    the same way whatever ``parts`` is. A causal LM's test split is scored by
+    ``evaluate_language_model``."""
+    if hasattr(data, "eval_batches"):
+        return evaluate_language_model(model, data, batch_size, device, part, parts, precision, mc_scoring)
     model.eval()
     idx = data.eval_order()
     out = []
@@ -142,5 +163,42 @@ def evaluate(
         with autocast(device, precision):
             logits = model(*inputs).float()
         loss = float(F.cross_entropy(logits, y, reduction="sum"))
-        out.append((b, loss, int((logits.argmax(-1) == y).sum()), len(y)))
+        out.append((b, loss, len(y), int((logits.argmax(-1) == y).sum()), len(y)))
+    return EvalResult(tuple(out))
+
+
+@torch.no_grad()
+def evaluate_language_model(
+    model: nn.Module,
+    data: Any,
+    batch_size: int,
+    device: torch.device,
+    part: int,
+    parts: int,
+    precision: str,
+    mc_scoring: str,
+) -> EvalResult:
+    """A causal LM's share of the test split [docs/algorithms.md §13]: the summed NLL of the
+    held-out responses and their token count, and for each multiple-choice question whether its
+    best-scored choice is the right one. A choice's score is the log-likelihood of its response
+    tokens given the question, per token (``mc_scoring`` 'mean') or summed ('sum'), as MMLU's
+    log-likelihood scoring ranks continuations; ties go to the first choice."""
+    model.eval()
+    out = []
+    for b, (rows, questions) in enumerate(data.eval_batches(batch_size)):
+        if b % parts != part:
+            continue
+        inputs, y = data.batch(rows, device)
+        with autocast(device, precision):
+            nll, tokens = model.row_losses(*inputs, y)  # type: ignore[operator]
+        nll, tokens = nll.double().cpu(), tokens.cpu()
+        if questions is None:
+            out.append((b, float(nll.sum()), int(tokens.sum()), 0, 0))
+            continue
+        score = -nll / tokens.clamp_min(1) if mc_scoring == "mean" else -nll
+        first, right = int(rows[0]), 0
+        for q in questions:
+            lo, hi = data.starts[q] - first, data.starts[q + 1] - first
+            right += int(int(score[lo:hi].argmax()) == data.answers[q])
+        out.append((b, 0.0, 0, right, len(questions)))
     return EvalResult(tuple(out))

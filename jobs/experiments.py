@@ -7,7 +7,15 @@
     python jobs/experiments.py fig3c ...   # TSFA against OSFA at fixed ranks
     python jobs/experiments.py vtradeoff ... # TSFA's V trade-off
     python jobs/experiments.py wallclock ... # docs/algorithms.md §7: simulated time to a target accuracy
+    python jobs/experiments.py e0 ...      # issue 21: the project's protocol (update mode, EF for all)
+    python jobs/experiments.py e1 ...      # issue 21: error feedback for SOFT only
+    python jobs/experiments.py e2 ... [--keeps 0.25 0.5]   # issue 21: factor mode, with and without EF
+    python jobs/experiments.py e3 ... --set ...            # issue 21: the paper's batch 8, 1 epoch
+    python jobs/experiments.py e4 [--out runs/exp]         # issue 21: product errors on saved adapters
     python jobs/experiments.py summarize FIG [--out runs/exp]   # tables/plots only (budget: no runs)
+
+e0-e3 share one --out: their summary (FIG e) is one protocol x method table of all of them. e4
+trains nothing: it reads the checkpoints of e0's ILoRA and SOFT runs under --out.
 
 Each command runs its spec with `fedlora-ray sweep` (on the Ray cluster in RAY_ADDRESS, or a local
 one: several packed serial runs at once, CUDA when a task gets a GPU), which skips finished runs
@@ -355,9 +363,183 @@ def summarize_wallclock(out: Path) -> list[str]:
     ]
 
 
+# ---- issue 21: the paper's protocols (docs/algorithms.md §2-3)
+
+E_METHODS = ["none", "soft", "flasc", "rlora", "hetlora", "fedlodrop"]
+E2_KEEPS = (0.1, 0.25, 0.5)
+
+
+def _named(out: Path, name: str) -> list[Run]:
+    """The finished runs ``name``-s<seed> under ``out`` (none: an empty list)."""
+    return [load_run(p) for p in sorted(out.glob(f"{name}-s*")) if (p / "summary.json").exists()]
+
+
+def _short(run: Run) -> bool:
+    """A run that logged fewer rounds than its config asks (stopped, diverged or unfinished)."""
+    return int(run.rounds["round"].max()) < int(run.config["federation"]["rounds"])
+
+
+def e_protocols(out: Path) -> dict[str, dict[str, list[Run]]]:
+    """protocol -> method -> finished runs, from e0-e3 under ``out``. SOFT under error feedback
+    for SOFT only is the same run as under error feedback for all, and ILoRA is the same in
+    every protocol at keep 0.1 (it sends everything), so those rows reuse e0's runs."""
+    e0 = {m: _named(out, f"e0-{m}") for m in E_METHODS}
+    table: dict[str, dict[str, list[Run]]] = {
+        "update, EF all, keep 0.1 (project default)": e0,
+        "update, EF SOFT only, keep 0.1 (E1)": {
+            "none": e0["none"], "soft": e0["soft"],
+            **{m: _named(out, f"e1-{m}") for m in E_METHODS[2:]},
+        },
+    }  # fmt: skip
+    for keep in E2_KEEPS:
+        ef = {m: _named(out, f"e2-{m}-k{keep}-ef") for m in E_METHODS[1:]}
+        noef = {m: _named(out, f"e2-{m}-k{keep}-noef") for m in E_METHODS[1:]}
+        table[f"factors, EF all, keep {keep} (E2)"] = ef
+        table[f"factors, EF SOFT only, keep {keep} (E2)"] = {
+            "soft": ef["soft"],
+            **{m: noef[m] for m in E_METHODS[2:]},
+        }
+        table[f"factors, no EF, keep {keep} (E2)"] = noef
+    e3 = {m: _named(out, f"e3-{m}") for m in E_METHODS}
+    if any(e3.values()):
+        comp = next(r for runs in e3.values() for r in runs).config["compression"]
+        scope = "SOFT only" if comp.get("error_feedback_scope") == "soft_only" else "all"
+        ef = f"EF {scope}" if comp.get("error_feedback", True) else "no EF"
+        table[f"{comp.get('target', 'update')}, {ef}, keep {comp['keep_ratio']}, batch 8, 1 epoch (E3)"] = e3
+    return {k: {m: r for m, r in v.items() if r} for k, v in table.items() if any(v.values())}
+
+
+def _order(cells: dict[str, list[float]]) -> str:
+    """Methods by mean last-3 accuracy, '>' where the gap exceeds the larger standard deviation
+    of the two, '≈' (a tie) where it does not."""
+    ranked = sorted(cells, key=lambda m: -np.mean(cells[m]))
+    text = f"{LABEL[ranked[0]]} {np.mean(cells[ranked[0]]):.3f}"
+    for a, b in zip(ranked, ranked[1:]):
+        gap = np.mean(cells[a]) - np.mean(cells[b])
+        sign = ">" if gap > max(np.std(cells[a]), np.std(cells[b])) else "≈"
+        text += f" {sign} {LABEL[b]} {np.mean(cells[b]):.3f}"
+    return text
+
+
+def summarize_e(out: Path) -> list[str]:
+    """Issue 21's table: protocol x method -> last-3 accuracy (mean ± std over seeds) and the
+    uplink per client and round; runs that ended before their horizon are marked."""
+    table = e_protocols(out)
+    if not table:
+        raise SystemExit(f"no finished e0-e3 run under {out}: run their sweeps first")
+    lines = ["## Issue 21: the paper's protocols", "",
+             "Last-3 test accuracy (mean ± std over seeds) and uplink Mbit per client per round. EF: error "
+             "feedback; 'factors': the sparsified factors are sent and averaged with an unsent entry as zero "
+             "(docs/algorithms.md §2). A '*' marks a cell with a run that ended before its horizon.", "",
+             "| protocol | " + " | ".join(LABEL[m] for m in E_METHODS) + " |",
+             "|---|" + "---|" * len(E_METHODS)]  # fmt: skip
+    orders = []
+    for protocol, by_method in table.items():
+        cells, acc = [], {}
+        for m in E_METHODS:
+            runs = by_method.get(m, [])
+            if not runs:
+                cells.append("")
+                continue
+            acc[m] = [_tail_accuracy(r) for r in runs]
+            mbit = np.mean([r.rounds["uplink_bits"].mean() / r.rounds["sampled"].mean() / 1e6 for r in runs])
+            star = "*" if any(_short(r) for r in runs) else ""
+            cells.append(f"{_fmt(acc[m])}{star} (n={len(runs)}, {mbit:.3f} Mbit)")
+        lines.append(f"| {protocol} | " + " | ".join(cells) + " |")
+        if acc:
+            orders.append(f"- {protocol}: {_order(acc)}")
+    return [*lines, "", "Order by mean last-3 accuracy ('≈': the gap is within one standard deviation):", "",
+            *orders, ""]  # fmt: skip
+
+
+def product_errors(adapter_now, adapter_before, method: str, keep: float, target: str, seed: int):  # type: ignore[no-untyped-def]
+    """||BA - B^ A^|| / ||BA|| pooled over the modules, and with target=update also relative to
+    the change of the product ||BA - B_p A_p||, when ``method`` sparsifies at ``keep`` [issue 21,
+    E4; docs/algorithms.md §2]. Factor mode: B^, A^ = C(B, A), zero where unsent, scores from B, A
+    (soft_score auto). Update mode: B^ = B_p + C(B - B_p) (and A^ likewise), B_p the adapter one
+    checkpoint before, scores from the current factors (soft_score auto)."""
+    import torch
+
+    from fedlora_ray.compress import compressor
+    from fedlora_ray.compress.base import dense_update
+    from fedlora_ray.config import CompressionConfig
+
+    cfg = CompressionConfig(method=method, keep_ratio=keep, target=target, allow_empty_upload=True)
+    now = {m: (b.double(), a.double()) for m, (b, a) in adapter_now.lora.items()}
+    before = {m: (b.double(), a.double()) for m, (b, a) in adapter_before.lora.items()}
+    if target == "factors":
+        u, base = (
+            adapter_now.lora,
+            {m: (torch.zeros_like(b), torch.zeros_like(a)) for m, (b, a) in now.items()},
+        )
+    else:
+        u = {
+            m: (b - adapter_before.lora[m][0], a - adapter_before.lora[m][1])
+            for m, (b, a) in adapter_now.lora.items()
+        }
+        base = before
+    sent = compressor(method).compress(u, adapter_now.lora, cfg, torch.Generator().manual_seed(seed))
+    err = ref = change = 0.0
+    for m, (b, a) in now.items():
+        cb, ca = dense_update(sent.payload[m], b.shape, a.shape)
+        bh, ah = base[m][0] + cb.double(), base[m][1] + ca.double()
+        err += float((b @ a - bh @ ah).square().sum())
+        ref += float((b @ a).square().sum())
+        change += float((b @ a - before[m][0] @ before[m][1]).square().sum())
+    return float(np.sqrt(err / ref)), (
+        float(np.sqrt(err / change)) if target == "update" and change > 0 else None
+    )
+
+
+def summarize_e4(out: Path) -> list[str]:
+    """E4: no training. On the final global adapters of e0's ILoRA runs (no orthogonal penalty)
+    and SOFT runs (eq. (7)'s penalty), each method's relative product error at the same budget,
+    in both modes; update mode takes the change since the checkpoint before the last."""
+    from fedlora_ray.engine.checkpoint_state import load_state
+    from fedlora_ray.rundir.checkpoint import checkpoints
+
+    lines = ["## Issue 21, E4: product errors on saved global adapters (no training)", "",
+             "||BA - B^A^|| / ||BA|| pooled over LoRA modules, mean ± std over seeds. 'factors': B^, A^ are "
+             "the sparsified factors (zero where unsent). 'update': B^ = B_p + C(B - B_p) with B_p the "
+             "checkpoint before the last (in brackets: the error relative to the product's change "
+             "||BA - B_p A_p||). Scores as compression.soft_score=auto.", "",
+             "| adapters of | mode | keep | " + " | ".join(LABEL[m] for m in E_METHODS[1:]) + " |",
+             "|---|---|---|" + "---|" * (len(E_METHODS) - 1)]  # fmt: skip
+    found = False
+    for source in ("none", "soft"):
+        pairs = []
+        for run in _named(out, f"e0-{source}"):
+            ckpts = checkpoints(run.path)
+            if len(ckpts) >= 2:
+                pairs.append(
+                    (run.seed, load_state(ckpts[-1], None).adapter, load_state(ckpts[-2], None).adapter)
+                )
+        if not pairs:
+            continue
+        found = True
+        for target in ("factors", "update"):
+            for keep in E2_KEEPS:
+                cells = []
+                for method in E_METHODS[1:]:
+                    got = [
+                        product_errors(now, before, method, keep, target, seed) for seed, now, before in pairs
+                    ]
+                    text = _fmt([g[0] for g in got])
+                    if target == "update":
+                        text += f" [{_fmt([g[1] for g in got if g[1] is not None])}]"
+                    cells.append(text)
+                lines.append(
+                    f"| {LABEL[source]} (n={len(pairs)}) | {target} | {keep} | " + " | ".join(cells) + " |"
+                )
+    if not found:
+        raise SystemExit(f"no finished e0-none or e0-soft run with two checkpoints under {out}: run e0 first")
+    return [*lines, ""]
+
+
 SUMMARIES = {
     "fig3": summarize_fig3, "fig4": summarize_fig4, "fig56": summarize_fig56, "fig3c": summarize_fig3c,
     "vtradeoff": summarize_vtradeoff, "budget": summarize_budget, "wallclock": summarize_wallclock,
+    "e": summarize_e, "e4": summarize_e4,
 }  # fmt: skip
 
 
@@ -370,12 +552,12 @@ def summarize(fig: str, out: Path) -> Path:
     return path
 
 
-FIGURES = ["fig3", "fig3v", "fig4", "fig56", "fig3c", "vtradeoff", "wallclock"]
+FIGURES = ["fig3", "fig3v", "fig4", "fig56", "fig3c", "vtradeoff", "wallclock", "e0", "e1", "e2", "e3"]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("command", choices=[*FIGURES, "budget", "summarize"])
+    ap.add_argument("command", choices=[*FIGURES, "budget", "e4", "summarize"])
     ap.add_argument("fig", nargs="?", help=f"for summarize: one of {', '.join(SUMMARIES)}")
     ap.add_argument("--seeds", type=int, nargs="+", help="replace the spec's seeds (0 1 2)")
     ap.add_argument("--out", default="runs/exp")
@@ -384,6 +566,7 @@ def main() -> None:
     ap.add_argument("--base", help="the base config (default: the spec's, the text quickstart)")
     ap.add_argument("--parallel", type=int, default=0, help="runs at once (default: what the cluster holds)")
     ap.add_argument("--ranks", nargs="+", help="fig3, fig3v: only these of the spec's LoRA ranks (8, 16)")
+    ap.add_argument("--keeps", nargs="+", type=float, help="e2: only these of the spec's keep ratios")
     args = ap.parse_args()
     global TAG
     TAG = args.tag
@@ -393,8 +576,8 @@ def main() -> None:
             ap.error(f"summarize needs one of: {', '.join(SUMMARIES)}")
         summarize(args.fig, out)
         return
-    if args.command == "budget":
-        summarize("budget", out)
+    if args.command in ("budget", "e4"):  # no training: budget simulates, e4 reads e0's checkpoints
+        summarize(args.command, out)
         return
     from actors.sweep import closing_table, run_sweep
     from fedlora_ray.sweep import load_spec
@@ -406,11 +589,22 @@ def main() -> None:
             raise SystemExit(f"--ranks {args.ranks}: {args.command}.yaml has ranks {sorted(known - {None})}")
         kept = tuple(r for r in spec.runs if r.values.get("rank") in args.ranks)
         spec = dataclasses.replace(spec, runs=kept)
+    if args.keeps:
+        known_keeps = {r.values.get("compression.keep_ratio") for r in spec.runs}
+        if not set(args.keeps) <= known_keeps:
+            raise SystemExit(
+                f"--keeps {args.keeps}: {args.command}.yaml has keep ratios {sorted(known_keeps - {None})}"
+            )
+        spec = dataclasses.replace(
+            spec, runs=tuple(r for r in spec.runs if r.values.get("compression.keep_ratio") in args.keeps)
+        )
     if args.parallel:
         spec = dataclasses.replace(spec, max_concurrent=args.parallel)
     outcomes = run_sweep(spec, str(out), write=lambda line: print(line, flush=True))
     print(closing_table(outcomes))
-    summarize("fig3" if args.command == "fig3v" else args.command, out)
+    summarize(
+        {"fig3v": "fig3", "e0": "e", "e1": "e", "e2": "e", "e3": "e"}.get(args.command, args.command), out
+    )
 
 
 if __name__ == "__main__":

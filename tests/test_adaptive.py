@@ -312,6 +312,98 @@ def test_sketch_step_is_as_good_as_the_loop_and_leaves_no_client_a_better_option
         assert alone.min() >= value * (1 - 1e-12)
 
 
+def _tied_problem(n: int, seed: int, **fields) -> AdaptiveProblem:
+    """T from three values only (tau in {1, 2, 4}, no upload, omega = 1, so T does not depend on
+    s either): many clients share a T, at indices in no particular order."""
+    rng = np.random.default_rng(seed)
+    base = dict(
+        share=rng.dirichlet(np.ones(n)), grad_sq=rng.uniform(0.5, 2, n), tau=rng.choice([1.0, 2.0, 4.0], n),
+        upload=np.zeros(n), omega=1.0, options=OPTIONS, k=n / 5, q_min=0.01, q_max=1.0, a0=1.0, a1=20.0,
+        a2=0.5,
+    )  # fmt: skip
+    return AdaptiveProblem(**{**base, **fields})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("n", [20, 100])  # the plain-loop sweep and the vectorised one
+def test_clients_of_equal_time_are_visited_in_index_order(n):
+    """docs/algorithms.md §7: clients are ordered by ascending T, equal T by client index (a stable
+    sort; numpy's default sort may order equals otherwise, and does on AVX-512). The descent is
+    Gauss-Seidel, so the order of equals shows in its result: visiting them in reverse moves q by
+    about 1e-10 at the largest multiplier, and the fast sweep agrees with the plain one to 1e-12."""
+    prob = _tied_problem(n, 3)
+    s = np.full(n, 1.0)
+    times = prob.times(s)
+    assert len(np.unique(times)) == 3
+    by_index = np.lexsort((np.arange(n), times))
+    assert np.array_equal(adaptive._Exchange(prob, s, np.full(n, prob.k / n)).order, by_index)
+    q = reference.project(prob, np.random.default_rng(4).uniform(0, 2 * prob.k / n, n))
+    scale = prob.objective(q, s)
+    rev = np.arange(n)[::-1]  # the same clients numbered backwards: equals visited in reverse
+    flipped = dataclasses.replace(prob, share=prob.share[rev], grad_sq=prob.grad_sq[rev], tau=prob.tau[rev])
+    shown = 0.0
+    for lam in (0.0, 1e-3 * scale, scale):
+        plain = reference.q_descent(prob, times, s, q, lam)
+        np.testing.assert_allclose(adaptive._q_descent(prob, times, s, q, lam), plain, rtol=0, atol=1e-12)
+        reverse = reference.q_descent(flipped, times[rev], s, q[rev], lam)[rev]
+        shown = max(shown, float(np.abs(reverse - plain).max()))
+    assert shown > 1e-11  # the order of equals does show, so the 1e-12 agreement checks it
+
+
+def test_exchange_picks_the_lowest_client_index_among_equal_gradients():
+    """docs/algorithms.md §7: of the clients with the least gradient (that may rise) the lowest
+    index is raised, of those with the largest (that may fall) the lowest index is lowered, in
+    the fast exchange as in the plain loop. T falls with the index here, so the first of equals
+    in ascending T would be the higher index."""
+    n = 6
+    prob = AdaptiveProblem(
+        share=np.full(n, 1 / n), grad_sq=np.ones(n), tau=np.linspace(3.0, 1.0, n), upload=np.zeros(n),
+        omega=1.0, options=(1.0,), k=2.0, q_min=0.01, q_max=0.9, a0=1.0, a1=20.0, a2=0.5,
+    )  # fmt: skip
+    s = np.ones(n)
+    g = np.array([2.0, 0.0, 5.0, 0.0, 5.0, 1.0])  # client order: 1 and 3 least, 2 and 4 largest
+
+    def plain_pick(q: np.ndarray) -> tuple[int, int]:
+        picked = []
+
+        def stop(prob, times, s, q, i, j):  # record the pair, then end the exchange
+            picked.append((i, j))
+            return 0.0, np.inf
+
+        with (
+            mock.patch.object(reference, "gradient", lambda *args: g),
+            mock.patch.object(reference, "pair_move", stop),
+        ):
+            reference.exchange(prob, s, q)
+        return picked[0]
+
+    def fast_pick(q: np.ndarray) -> tuple[int, int] | None:
+        state = adaptive._Exchange(prob, s, q)
+        assert not np.array_equal(state.order, np.arange(n))
+        with mock.patch.object(state, "gradient", lambda e_max, r: g[state.order]):  # kept in ascending T
+            return state.pair(1.0, state.expected_max(), state.rounds())
+
+    q = np.full(n, prob.k / n)
+    assert fast_pick(q) == plain_pick(q) == (1, 2)
+    q[1], q[2] = prob.q_max, prob.q_min  # client 1 may not rise, client 2 may not fall
+    assert fast_pick(q) == plain_pick(q) == (3, 4)
+
+
+@pytest.mark.parametrize("n", [20, 100])
+def test_sketch_step_takes_the_first_of_equally_good_options(n):
+    """With a2 = 0 and T the same at every option, F does not depend on s: every option is a
+    tie, and every client takes the first option, in the fast s step (whose values differ by a
+    few ulps, within ``_OPTION_TIE_RTOL``) as in the plain loop, from every start."""
+    prob = _tied_problem(n, 5, a2=0.0)
+    q = reference.project(prob, np.random.default_rng(6).uniform(0, 2 * prob.k / n, n))
+    for start in prob.options:
+        s = np.full(n, start)
+        assert (adaptive._solve_s(prob, q, s) == prob.options[0]).all()
+        assert (reference.solve_s(prob, q, s) == prob.options[0]).all()
+    assert (
+        adaptive._first_best(np.array([[3.0, 1.0, 1.0 + 1e-15, 1.0], [2.0, 2.0, 1.0, 4.0]])) == [1, 2]
+    ).all()
+
+
 def test_slot_folds_give_the_fold_after_every_slot():
     """(P, W) after each position, with identities among the slots, before and after updates."""
     rng = np.random.default_rng(8)

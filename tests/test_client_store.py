@@ -4,16 +4,17 @@ snapshots, its checkpoints and resume, and its garbage collection (docs/algorith
 from __future__ import annotations
 
 import gc
+import pickle
 
 import pytest
 import torch
 
 from fedlora_ray.engine.callbacks import Callback
+from fedlora_ray.engine.checkpoint_state import load_state
 from fedlora_ray.engine.client_store import CLIENT_STORE_DIR, ClientStateFiles, ClientStore, state_nbytes
 from fedlora_ray.engine.run import FederatedRun
 from fedlora_ray.engine.serial import SerialBackend, resume_serial
 from fedlora_ray.preflight import resume_config
-from fedlora_ray.rundir import load_checkpoint
 from fedlora_ray.rundir.checkpoint import checkpoint_round, checkpoints
 from tests.conftest import tiny_config
 from tests.resume_helpers import assert_same_run
@@ -49,17 +50,16 @@ def test_snapshots_stay_valid_spill_past_the_budget_and_checkpoint_as_an_index(t
     again = s2.updated(3, {1: state(30)})
     assert float(again[1]["error"]["m"][0][0, 0]) == 30 and float(again[0]["error"]["m"][0][0, 0]) == 1
     assert float(s3[1]["error"]["m"][0][0, 0]) == 1 and float(s3[0]["error"]["m"][0][0, 0]) == 3
-    # a checkpoint holds the index alone: pickled before ``persist``, its RAM states are missing
-    torch.save({"clients": s3}, tmp_path / "early.pt")
-    early = torch.load(tmp_path / "early.pt", weights_only=False)["clients"]
+    # a checkpoint holds the index alone (and so does the store sent to another process): taken
+    # before ``persist``, its RAM states are missing
+    early = pickle.loads(pickle.dumps(s3))
     with pytest.raises(RuntimeError, match="ClientStore.resume"):
         early[2]
     with pytest.raises(FileNotFoundError, match="refers to client states that are not there"):
         ClientStore.resume(early, tmp_path, 1.0, 3)
     s3.persist()  # the RAM states of rounds 1 and 3 to their files
     assert sorted(s3.files.stored()) == [(0, 3), (1, 1), (2, 2), (3, 2)]
-    torch.save({"clients": s3}, tmp_path / "ck.pt")
-    loaded = torch.load(tmp_path / "ck.pt", weights_only=False)["clients"]
+    loaded = pickle.loads(pickle.dumps(s3))
     back = ClientStore.resume(loaded, tmp_path, 64e-6, 3, kept=[3])
     assert back.versions() == s3.versions() and back.ram_bytes == 0  # all read back from files
     assert all(torch.equal(back[c]["error"]["m"][0], s3[c]["error"]["m"][0]) for c in range(4))
@@ -69,7 +69,7 @@ def test_a_state_file_gives_back_every_tensor_bit_for_bit(tmp_path):
     g = torch.Generator().manual_seed(0)
     odd = {
         "error": {"m": (torch.randn(6, 4, generator=g).t(), torch.randn(3, 5, generator=g).requires_grad_())},
-        "half": torch.randn(7, generator=g).to(torch.bfloat16),  # no numpy dtype: torch's own pickling
+        "half": torch.randn(7, generator=g).to(torch.bfloat16),  # a dtype numpy does not have
         "steps": torch.arange(5), "flags": [torch.tensor([True, False])], "note": ("x", 3, 0.5),
     }  # fmt: skip
     files = ClientStateFiles(tmp_path)
@@ -80,21 +80,13 @@ def test_a_state_file_gives_back_every_tensor_bit_for_bit(tmp_path):
     pairs += [(back["half"], odd["half"]), (back["steps"], odd["steps"]), (back["flags"][0], odd["flags"][0])]
     assert all(x.dtype == y.dtype and x.shape == y.shape and torch.equal(x, y.detach()) for x, y in pairs)
     back["error"]["m"][0].add_(1)  # a state read back is an ordinary, writable tensor
-    assert not (tmp_path / "0000" / ".0000009-000002.pt.tmp").exists()
-
-
-def test_a_checkpoint_from_before_the_store_resumes_its_states_from_ram(tmp_path):
-    old = ClientStore.resume({3: state(1)}, tmp_path, 1.0, 4)  # the plain dict older checkpoints hold
-    assert old.versions() == {3: 4} and old.ram_bytes == 32
-    assert torch.equal(old[3]["error"]["m"][1], -torch.ones(2, 2))
-    old.persist()
-    assert old.files.stored() == [(3, 4)]
+    assert not list(tmp_path.rglob("*.tmp"))
 
 
 def test_without_a_run_directory_the_spill_goes_to_a_temporary_folder():
     store = ClientStore.create(None, mem_mb=0).updated(1, {5: state(1)})
     folder = store.files.folder
-    assert store.disk_index() == {5: 1} and (folder / "0000" / "0000005-000001.pt").is_file()
+    assert store.disk_index() == {5: 1} and (folder / "0000" / "0000005-000001.safetensors").is_file()
     del store
     gc.collect()
     assert not folder.exists()
@@ -113,7 +105,7 @@ class CheckFiles(Callback):
         files = set(state.clients.files.stored())
         held = set(state.clients.disk_index().items())
         for path in checkpoints(run.log.dir):
-            held |= set(load_checkpoint(path)["state"].clients.versions().items())
+            held |= set(load_state(path, None).clients.versions().items())
         assert held <= files
         live = set(state.clients.versions().items()) | set(run.state.clients.versions().items())
         assert files <= held | live
@@ -174,12 +166,12 @@ def test_resumed_from_an_older_checkpoint_with_the_disk_store_equals_one_go(in_r
         killed.run()
     assert 0 < len(killed.state.clients.disk_index()) < 6 and killed.state.clients.ram_bytes > 0
     assert [checkpoint_round(p) for p in checkpoints(out)] == [4, 6]
-    at_4 = load_checkpoint(out / "checkpoint" / "round-000004.pt")["state"].clients.versions()
+    at_4 = load_state(checkpoints(out)[0], out / CLIENT_STORE_DIR).clients.versions()
     on_disk = _stored(out)
     assert set(at_4.items()) <= on_disk and any(v == 7 for _, v in on_disk)
     assert any((c, v) in on_disk for c, old in at_4.items() for v in range(old + 1, 8))  # replaced
-    (out / "checkpoint" / "round-000006.pt").unlink()
-    stray = out / CLIENT_STORE_DIR / "0000" / ".0000001-000007.pt.tmp"
+    (out / "checkpoint" / "round-000006.safetensors").unlink()
+    stray = out / CLIENT_STORE_DIR / "0000" / ".0000001-000007.safetensors.tmp"
     stray.write_bytes(b"half a file")
     resume_serial(out)
     assert_same_run(out, in_ram)
@@ -190,4 +182,4 @@ def test_resumed_from_an_older_checkpoint_with_the_disk_store_equals_one_go(in_r
 
 
 def _stored(out) -> set[tuple[int, int]]:
-    return {(int(p.name[:7]), int(p.name[8:14])) for p in (out / CLIENT_STORE_DIR).glob("*/*.pt")}
+    return {(int(p.name[:7]), int(p.name[8:14])) for p in (out / CLIENT_STORE_DIR).glob("*/*.safetensors")}

@@ -110,7 +110,7 @@ def test_a_diverging_run_stops_with_a_clear_error_and_keeps_the_last_good_round(
     with pytest.raises(DivergenceError, match="round 2: the run diverged"):
         run.run()
     assert pd.read_parquet(tmp_path / "run" / "rounds.parquet")["round"].tolist() == [1]
-    assert [p.name for p in checkpoints(tmp_path / "run")] == ["round-000001.pt"]
+    assert [p.name for p in checkpoints(tmp_path / "run")] == ["round-000001.safetensors"]
     flagged = FederatedRun(
         tiny_config("federation.rounds=4", "algorithm.server_lr=10", "federation.on_divergence=flag"),
         Corrupting(SerialBackend(cfg), 2, [0, 1, 2], 3e38),

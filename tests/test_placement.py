@@ -153,13 +153,16 @@ def test_bad_addresses_are_named(address, words):
     assert "runtime.ray_address" in str(info.value)
 
 
-def test_reachability_check_is_bounded_and_passes_a_listening_port():
+def test_reachability_check_is_bounded_and_wants_a_gcs_behind_a_listening_port():
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen()
         port = server.getsockname()[1]
-        check_reachable(f"127.0.0.1:{port}", "x", 2.0)
-        check_reachable(f"ray://127.0.0.1:{port}", "x", 2.0)
+        check_reachable(f"ray://127.0.0.1:{port}", "x", 2.0)  # Ray Client: the TCP check only
+        start = time.monotonic()
+        with pytest.raises(ConfigError, match="no Ray GCS answered within"):
+            check_reachable(f"127.0.0.1:{port}", "x", 1.0)  # TCP opens, but no GCS answers there
+        assert time.monotonic() - start < 2
     start = time.monotonic()
     with pytest.raises(ConfigError):  # unroutable (TEST-NET-1): a timeout, or unreachable at once
         check_reachable("192.0.2.1:6379", "x", 1.0)

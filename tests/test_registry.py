@@ -69,13 +69,18 @@ def test_each_scheme_and_controller_checks_its_own_rules():
 
 
 def test_the_round_holds_no_scheme_branch():
+    """No code outside the config compares a component's name (algorithm.kind, compression.method,
+    controller.kind, sampling.kind): the registries' entries answer for their component. (A
+    privacy mechanism's kind is a mechanism, not a component: privacy/ reads it.)"""
     import subprocess
 
     from tests.conftest import ROOT
 
     found = subprocess.run(
-        ["grep", "-rEn", "(kind|method) ==", "fedlora_ray"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.splitlines()
+        ["grep", "-rEn", "(algorithm|compression|comp|controller|sampling|samp|cfg)\\.(kind|method) ==",
+         "fedlora_ray"],
+        cwd=ROOT, capture_output=True, text=True,
+    ).stdout.splitlines()  # fmt: skip
     assert len(found) <= 5 and all(line.startswith("fedlora_ray/config/") for line in found), found
 
 

@@ -99,7 +99,7 @@ def test_run_status_tells_new_done_resume_restart_and_refuses_another_config(tmp
     (run / "config.json").write_text(json.dumps(cfg.to_dict()))
     assert run_status(str(run), cfg) == "restart"  # started, but no checkpoint yet
     (run / "checkpoint").mkdir()
-    (run / "checkpoint" / "round-000001.pt").write_bytes(b"")
+    (run / "checkpoint" / "round-000001.safetensors").write_bytes(b"")
     assert run_status(str(run), cfg) == "resume"
     (run / "summary.json").write_text("{}")
     assert run_status(str(run), cfg) == "done"
@@ -201,14 +201,15 @@ def test_a_run_writes_to_a_uri_and_resumes_from_it(tmp_path, monkeypatch):
     run_serial(tiny_config("federation.rounds=2", "checkpoint.every=1"), uri)
     remote = tmp_path / "remote" / "run"
     assert (remote / "summary.json").is_file() and len(pd.read_parquet(remote / "rounds.parquet")) == 2
-    assert not list(remote.rglob("*.tmp")) and (remote / "checkpoint" / "round-000002.pt").is_file()
+    assert not list(remote.rglob("*.tmp")) and (remote / "checkpoint" / "round-000002.safetensors").is_file()
     resume_serial(uri, ["federation.rounds=3"])
     run_serial(tiny_config("federation.rounds=3"), tmp_path / "one-go")
     for kind in ("rounds", "clients"):
         pd.testing.assert_frame_equal(
             _frame(remote, kind), _frame(tmp_path / "one-go", kind), check_exact=True
         )
-    assert sorted(p.name for p in (remote / "checkpoint").iterdir()) == ["round-000002.pt", "round-000003.pt"]
+    names = sorted(p.name for p in (remote / "checkpoint").iterdir())
+    assert names == ["round-000002.safetensors", "round-000003.safetensors"]
 
 
 def test_a_relative_out_is_refused_under_ray_job_submit(tmp_path, monkeypatch, capsys):

@@ -24,6 +24,7 @@ class ClientTask:
     state: dict[str, Any] = field(default_factory=dict)
     keep_ratio: float | None = None  # the round's rho from the controller (None: the config's)
     components: int | None = None  # rank components k_i the client trains (None: all r)
+    dp_sigma: float | None = None  # local DP: the noise multiplier it noises its update with
 
 
 @dataclass

@@ -25,6 +25,7 @@ from fedlora_ray.control import ControllerState, RoundPlan
 from fedlora_ray.control.clock import ClockStep, clock_step
 from fedlora_ray.lora.adapter import Adapter
 from fedlora_ray.lora.orthogonality import orthogonality_error
+from fedlora_ray.privacy.mechanism import central_noise_generator, central_release
 from fedlora_ray.run_errors import BadUpdateError
 
 
@@ -62,8 +63,10 @@ def round_step(
 
     # 3. Local training through the backend: each client starts from the global adapter and its
     #    own stored state (error memory), and trains its k_i components.
+    dp = ctx.privacy
+    local_sigma = dp.sigma if dp is not None and not dp.central else None
     tasks = [ClientTask(int(i), t, client_seed(fed.seed, t, int(i)), ctx.partition[i],
-                        state.clients.get(int(i), {}), plan.keep_ratio, int(ctl.components[i]))
+                        state.clients.get(int(i), {}), plan.keep_ratio, int(ctl.components[i]), local_sigma)
              for i in sampled]  # fmt: skip
     replies = match_replies(tasks, backend.train(state.adapter, tasks) if tasks else [])
 
@@ -82,7 +85,19 @@ def round_step(
     held = [ctx.scheme.held(apply_payload(state.adapter, r.payload, r.head), int(ctl.components[r.client_id]))
             for r in kept]  # fmt: skip
     adapter, server_opt = state.adapter, state.server_opt
-    if kept:
+    clipped = None
+    if dp is not None and dp.central:
+        # every round releases the noised sum, an empty one too [docs/algorithms.md §14]: each
+        # upload weighted by omega_i = (p_i / q_i) K_bar, clipped to C, and the sum over K_bar
+        k_bar = float(ctl.q.sum())
+        omega = ctx.data_share[ids] / ctl.q[ids] * k_bar
+        release = central_release(
+            state.adapter, held, omega.tolist(), k_bar, dp.clip_norm, dp.sigma,
+            central_noise_generator(fed.seed, t), ctx.scheme.trains_a,
+        )  # fmt: skip
+        clipped = release.clipped
+        adapter, server_opt = server_step(cfg.algorithm, server_opt, state.adapter, release.update)
+    elif kept:
         update = ctx.scheme.aggregate(state.adapter, held, weights, ctl.components[ids])
         adapter, server_opt = server_step(cfg.algorithm, server_opt, state.adapter, update)
 
@@ -100,6 +115,8 @@ def round_step(
 
     # 8. What the round did: one row, and one row per participant.
     row = round_row(new, ctx, ctl, plan, replies, kept, held, accepted, clock)
+    row["dp_epsilon"] = dp.epsilon(t) if dp is not None else None
+    row["dp_clipped"] = clipped
     row["round_seconds"] = time.perf_counter() - start
     client_rows = participant_rows(new, ctl, plan, replies, accepted, weights, clock)
     return new, row, client_rows
@@ -141,6 +158,8 @@ def round_row(
         "rejected": int((~accepted).sum()),
         "retries": sum(r.attempt - 1 for r in replies),
         "diverged": False,
+        "dp_epsilon": None,
+        "dp_clipped": None,
         "round_seconds": None,  # the wall clock, filled in once the round's work is done
     }
 

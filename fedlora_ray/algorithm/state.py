@@ -22,6 +22,7 @@ from fedlora_ray.channel import Uplink
 from fedlora_ray.config import RunConfig
 from fedlora_ray.control import Controller, ControllerState, make_controller
 from fedlora_ray.lora.adapter import Adapter
+from fedlora_ray.privacy.plan import PrivacyPlan
 
 
 class ClientStates(Protocol):
@@ -56,6 +57,7 @@ class RunContext:
     data_share: np.ndarray  # p_i = n_i / sum_j n_j
     label_names: tuple[str, ...]
     uplink: Uplink
+    privacy: PrivacyPlan | None = None  # planned once the controller's q_i are known
 
 
 def build_context(

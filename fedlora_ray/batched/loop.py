@@ -9,7 +9,8 @@ copies of its first example at zero loss weight. The objective is
 
     sum over clients c in the step of  mean loss of c's batch  (+ lambda_o * penalty of c's factors)
 
-so each client's gradient is the gradient of its own loss.
+so each client's gradient is the gradient of its own loss. A causal LM's mean loss is over the
+response tokens of the client's own rows (docs/algorithms.md §13), as in its one-client loop.
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ def train_pass(
     schedule = [client_batches(w.indices, epochs, batch_size, w.seed) for w in work]
     streams = [torch.Generator(device).manual_seed(w.seed) for w in work]  # as torch.manual_seed(seed)
     width_of = getattr(data, "width", None)  # text pads each batch to its longest example
+    token_loss = getattr(model, "row_losses", None)  # a causal LM's: NLL of response tokens
     opt = StackedAdamW(stacked.trainable(), lr=lr, weight_decay=weight_decay)
     lora = StackedLoRA(model, stacked)
     losses = torch.zeros(clients, device=device)
@@ -106,9 +108,18 @@ def train_pass(
                 max(w for w in widths if w is not None) if width_of else None,  # filler copies rows
             )
             with autocast(device, precision), mode:
-                logits = model(*inputs)
-            per_row = F.cross_entropy(logits.float(), y, reduction="none") * weight
-            per_client = per_row.view(len(active), height).sum(1)
+                if token_loss is not None:
+                    nll, tokens = token_loss(*inputs, y)
+                else:
+                    logits = model(*inputs)
+            if token_loss is not None:  # each slot's mean over its real rows' response tokens (§13)
+                real = (weight > 0).to(nll.dtype)
+                per_client = (nll * real).view(len(active), height).sum(1) / (
+                    (tokens * real).view(len(active), height).sum(1).clamp_min(1)
+                )
+            else:
+                per_row = F.cross_entropy(logits.float(), y, reduction="none") * weight
+                per_client = per_row.view(len(active), height).sum(1)
             objective = per_client.sum()
             if lambda_o > 0:
                 objective = objective + lambda_o * orthogonal_penalty(lora.factors.values(), orth_scaled)

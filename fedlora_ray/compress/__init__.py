@@ -24,6 +24,7 @@ from fedlora_ray.compress.registry import (
     compressor,
     compressor_spec,
     register_compressor,
+    upload_model,
 )
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COMPRESSORS", "Compressed", "CompressorSpec", "ModulePayload", "apply_payload", "compensate",
-    "compressor", "compressor_spec", "module_budget", "register_compressor", "residual",
+    "compressor", "compressor_spec", "module_budget", "register_compressor", "residual", "upload_model",
 ]  # fmt: skip
 
 

@@ -80,9 +80,31 @@ def budget_upload(d: int, k: int, r: int, comps: int, rho: float, vb: int) -> tu
     return kept, payload_bits(kept, r * (d + k), vb, dense=False)
 
 
+def whole_components(budget: int, d: int, k: int, r: int, rounding: str) -> int:
+    """FedLoDrop's count of whole rank components for a module budget of K_m = ``budget``
+    entries, at most r [paper: §V, "precisely the number of rank components specified by the
+    target sparsification ratio"; the rounding is ours, docs/algorithms.md §3]: 'floor' gives
+    floor(K_m / (d + k)), so the upload never exceeds K_m; 'nearest' gives K_m / (d + k) rounded
+    to the nearest integer, halves up, computed in integers as floor((2 K_m + c) / (2 c)) with
+    c = d + k, so no float decides a tie."""
+    c = d + k
+    if rounding == "floor":
+        return min(r, budget // c)
+    if rounding == "nearest":
+        return min(r, (2 * budget + c) // (2 * c))
+    raise ValueError(f"unknown FedLoDrop rounding {rounding!r}: 'floor' or 'nearest'")
+
+
 def whole_component_upload(d: int, k: int, r: int, comps: int, rho: float, vb: int) -> tuple[int, int]:
     """FedLoDrop: floor(K_m / (d + k)) whole components, with their positions."""
-    kept = module_budget(rho, d, k, r) // (d + k) * (d + k)
+    kept = whole_components(module_budget(rho, d, k, r), d, k, r, "floor") * (d + k)
+    return kept, payload_bits(kept, r * (d + k), vb, dense=False)
+
+
+def nearest_component_upload(d: int, k: int, r: int, comps: int, rho: float, vb: int) -> tuple[int, int]:
+    """FedLoDrop with ``compression.fedlodrop_rounding = nearest``: round(K_m / (d + k)) whole
+    components, halves up, with their positions."""
+    kept = whole_components(module_budget(rho, d, k, r), d, k, r, "nearest") * (d + k)
     return kept, payload_bits(kept, r * (d + k), vb, dense=False)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from fedlora_ray.compress.base import Factors, PerModule, flat
+from fedlora_ray.compress.base import Factors, PerModule, flat, largest
 from fedlora_ray.compress.bits import module_budget
 from fedlora_ray.config import CompressionConfig
 
@@ -23,19 +23,22 @@ def select(
     cfg: CompressionConfig,
     gen: torch.Generator,
 ) -> torch.Tensor:
-    vec = flat(ub, ua).abs()
-    return torch.sort(torch.topk(vec, budget, sorted=False).indices).values
+    """The ``budget`` largest |entries| of [vec(U_B); vec(U_A)], ascending; equal magnitudes go
+    to the lower flat position first [ours; docs/algorithms.md §3]."""
+    return largest(flat(ub, ua).abs(), budget)
 
 
 def select_global(update: Factors, cfg: CompressionConfig) -> dict[str, torch.Tensor]:
-    """Top-(sum of K_m) over the concatenation of every module's update."""
+    """Top-(sum of K_m) over the concatenation of every module's update, in the update's module
+    order; equal magnitudes go to the lower position in that concatenation first [ours;
+    docs/algorithms.md §3]."""
     vecs = {m: flat(ub, ua) for m, (ub, ua) in update.items()}
     budget = sum(
         module_budget(cfg.keep_ratio, ub.shape[0], ua.shape[1], ub.shape[1]) for ub, ua in update.values()
     )
     allv = torch.cat([v.abs() for v in vecs.values()])
     chosen = torch.zeros(allv.numel(), dtype=torch.bool)
-    chosen[torch.topk(allv, budget, sorted=False).indices] = True
+    chosen[largest(allv, budget)] = True
     out, start = {}, 0
     for m, v in vecs.items():
         out[m] = torch.nonzero(chosen[start : start + v.numel()]).flatten()

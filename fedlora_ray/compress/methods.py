@@ -25,7 +25,8 @@ def _build(method: str) -> Compressor:
 
     makers: dict[str, Callable[[], Compressor]] = {
         "none": Dense,
-        "soft": lambda: PerModule(soft.select, orthogonal=True),
+        # SOFT: the orthogonal regulariser of eq. (7), and the error feedback of §III-C
+        "soft": lambda: PerModule(soft.select, orthogonal=True, paper_error_feedback=True),
         "flasc": flasc.Flasc,
         "rlora": lambda: PerModule(rlora.select),
         "hetlora": lambda: PerModule(lowest_ranks.select),
@@ -39,7 +40,11 @@ COMPRESSORS.update(
         "none": CompressorSpec(dense=True, build=functools.partial(_build, "none")),
         **{
             method: CompressorSpec(dense=False, build=functools.partial(_build, method))
-            for method in ("soft", "flasc", "rlora", "hetlora", "fedlodrop")
+            for method in ("soft", "rlora", "hetlora", "fedlodrop")
         },
+        # FLASC's global scope ranks all modules at once with the summed budget [docs/algorithms.md §3]
+        "flasc": CompressorSpec(
+            dense=False, build=functools.partial(_build, "flasc"), pooled=lambda c: c.flasc_scope == "global"
+        ),
     }
 )

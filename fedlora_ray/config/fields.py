@@ -89,6 +89,37 @@ class ModelConfig:
         "from their cached output (exact: they are frozen, with batch norm in eval mode). False "
         "runs the whole network every step [docs/algorithms.md §11].",
     )
+    gguf_file: str = fld(
+        "",
+        "causal_lm: a GGUF file to load from model.weights (a folder or a hub id), dequantized to "
+        "float32 (needs the gguf package); empty reads safetensors. A model.weights that ends in "
+        ".gguf names the file itself [docs/algorithms.md §13].",
+    )
+    lora_mlp: bool = fld(
+        False,
+        "causal_lm: LoRA on the MLP projections too (Llama, Qwen2, Mistral, Gemma: gate_proj, "
+        "up_proj, down_proj; GPT-2: mlp.c_fc, mlp.c_proj) [docs/algorithms.md §13].",
+    )
+    gradient_checkpointing: bool = fld(
+        False,
+        "causal_lm: recompute each decoder layer's activations in the backward pass instead of "
+        "keeping them (less memory, about a third more compute).",
+    )
+    chat_template: bool = fld(
+        True,
+        "causal_lm: write prompts with the tokenizer's chat template when it has one; False (or a "
+        "tokenizer without one) uses the plain 'Question: ...' / 'Answer:' form [docs/algorithms.md §13].",
+    )
+    system_prompt: str = fld(
+        "",
+        "causal_lm with a chat template: a system message put first in every prompt; empty leaves "
+        "the template's own default (SmolLM2's adds about 20 tokens to every example).",
+    )
+    tiny_arch: str = fld(
+        "llama",
+        "causal_lm_tiny: the architecture of the random test model (tiny_hidden x tiny_layers).",
+        choices=("llama", "gpt2", "qwen2", "mistral", "gemma"),
+    )
     feature_cache_dir: str = fld(
         "~/.cache/fedlora-ray",
         "Where cached features are also kept on disk, for the next run on the same images, weights "
@@ -120,8 +151,9 @@ class DataConfig:
     partition: str = fld(
         "shards",
         "How training data is dealt to clients: 'iid', 'shards' (seed V-D: sort by label, cut "
-        "into shards, deal shards_per_client to each client) or 'dirichlet'.",
-        choices=("iid", "shards", "dirichlet"),
+        "into shards, deal shards_per_client to each client), 'dirichlet', or 'natural' (one client "
+        "per label value, e.g. per user id of data.category_column; needs num_clients = the values).",
+        choices=("iid", "shards", "dirichlet", "natural"),
     )
     shards_per_client: int = fld(2, "Shards per client for partition=shards.", ge=1)
     dirichlet_alpha: float = fld(0.5, "Concentration for partition=dirichlet.", gt=0)
@@ -143,6 +175,42 @@ class DataConfig:
     train_per_class: int = fld(
         0, "Datasets with fixed splits: at most this many training examples per class (0: all).", ge=0
     )
+    source: str = fld(
+        "",
+        "instructions: the training data, a local .json or .jsonl file (Alpaca rows: instruction, "
+        "input, output; or chat rows: messages), or a Hugging Face dataset id, optionally "
+        "'id:split' (default split 'train'; needs the datasets package and internet) "
+        "[docs/algorithms.md §13].",
+    )
+    test_source: str = fld(
+        "",
+        "instructions: held-out data in the same forms ('id:split' defaults to split 'test'); empty "
+        "holds out data.test_fraction of data.source, drawn with data.split_seed.",
+    )
+    test_fraction: float = fld(
+        0.1, "instructions without data.test_source: the share of data.source held out.", gt=0, le=0.9
+    )
+    columns: tuple[str, ...] = fld(
+        (),
+        "instructions: 'field=column' entries naming a source's columns for the fields instruction, "
+        "input, output and messages (dolly-15k: input=context, output=response).",
+    )
+    category_column: str = fld(
+        "",
+        "instructions: the column whose values label the examples, for partition=dirichlet or "
+        "shards (a topic, such as dolly's category) or natural (a user id: one client per value); "
+        "empty gives every example one label.",
+    )
+    mc_source: str = fld(
+        "",
+        "instructions: a local .json or .jsonl file of multiple-choice questions (question, choices, "
+        "answer: an index, a letter or the right choice's text), scored by log-likelihood "
+        "[docs/algorithms.md §13]; empty: no multiple-choice test.",
+    )
+    mc_choices: int = fld(
+        4, "wordnet_define: choices per held-out multiple-choice question (the right gloss and others).",
+        ge=2, le=26,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -156,6 +224,12 @@ class FederationConfig:
     weight_decay: float = fld(0.01, "AdamW weight decay.", ge=0)
     eval_every: int = fld(1, "Evaluate the global model on the test split every this many rounds.", ge=1)  # noqa: E501
     eval_batch_size: int = fld(128, "Batch size for evaluation.", ge=1)
+    mc_scoring: str = fld(
+        "mean",
+        "causal_lm multiple choice: pick the choice of highest 'mean' log-likelihood per response "
+        "token, or of highest 'sum' (favours short answers) [docs/algorithms.md §13].",
+        choices=("mean", "sum"),
+    )
     on_bad_update: str = fld(
         "reject",
         "A client upload with a NaN or inf: 'reject' leaves it out of the aggregate (counted per "
@@ -169,6 +243,21 @@ class FederationConfig:
         "rows (diverged) and goes on [docs/algorithms.md §9, ours].",
         choices=("stop", "flag"),
     )
+    divergence_factor: float = fld(
+        10.0,
+        "Divergence with finite numbers: a test loss (or train loss) above this many times its "
+        "best so far, for federation.divergence_patience evaluations (rounds) in a row, is "
+        "treated as on_divergence says; 0 turns this check off (NaN and inf are always caught) "
+        "[docs/algorithms.md §9, ours]. 0, or > 1.",
+        ge=0,
+    )
+    divergence_patience: int = fld(
+        3,
+        "How many evaluations (train loss: rounds) in a row must exceed divergence_factor x the "
+        "best loss so far [docs/algorithms.md §9, ours].",
+        ge=1,
+        le=1000,
+    )
     seed: int = fld(0, "Run seed: sampling, local shuffling and model init derive from it.", ge=0)
 
 
@@ -181,10 +270,43 @@ class CompressionConfig:
         "fedlora_ray.compress.COMPRESSORS, methods added with register_compressor included.",
     )
     keep_ratio: float = fld(
-        0.1, "rho: fraction of each module's r(d+k) LoRA entries a client sends.", gt=0, le=1
+        0.1,
+        "Fraction of each module's r(d+k) LoRA entries a client sends (K_m = round(keep_ratio "
+        "r (d+k))). This is 1 - rho of the paper, whose sparsification ratio rho is the fraction "
+        "removed ('a higher sparsification ratio reduces communication overhead', paper §IV-A): "
+        "keep_ratio 0.1 sends 10% and is the paper's rho = 0.9 [docs/algorithms.md §2].",
+        gt=0,
+        le=1,
     )
     error_feedback: bool = fld(
-        True, "Keep each client's untransmitted residual and add it next time (seed III-C)."
+        True,
+        "Keep each client's untransmitted residual and add it next time (seed III-C); which "
+        "methods keep one: error_feedback_scope.",
+    )
+    error_feedback_scope: str = fld(
+        "all",
+        "Which sparsifiers get error feedback when error_feedback is true: 'all' (ours: every "
+        "method, so that they differ only in what they select) or 'soft_only' (the paper: §III-C "
+        "adds error feedback to SOFT and §V describes none for the baselines). Budget and bits "
+        "are the same either way [docs/algorithms.md §3].",
+        choices=("all", "soft_only"),
+    )
+    target: str = fld(
+        "update",
+        "What a sparsifier sparsifies: 'update' (ours) the round's change plus the error memory, "
+        "an unsent entry keeping its global value at the server; 'factors' (the paper's literal "
+        "reading, §III-B, eqs. (5), (10)-(12)) the local factors B, A plus the memory, an unsent "
+        "entry counting as zero in the server's average [docs/algorithms.md §2].",
+        choices=("update", "factors"),
+    )
+    soft_score: str = fld(
+        "auto",
+        "What SOFT's per-rank scores s_j = ||b_j|| ||a_j|| are taken from: 'local' the client's "
+        "locally trained factors; 'compressed' the very matrices it sparsifies (the factors or "
+        "the update, plus the error memory), so that score and selection act on one object; "
+        "'auto' is 'local' with target=update (as before) and 'compressed' with target=factors "
+        "(the paper's eq. (10) applies SOFT to factors plus memory) [docs/algorithms.md §2].",
+        choices=("auto", "local", "compressed"),
     )
     lambda_o: float = fld(
         1e-3,
@@ -212,7 +334,25 @@ class CompressionConfig:
         "once ('global', as FLASC's code does).",
         choices=("module", "global"),
     )
+    fedlodrop_rounding: str = fld(
+        "floor",
+        "FedLoDrop's count of whole rank components from the budget K_m: 'floor' sends "
+        "floor(K_m / (d+k)) (never more than K_m entries; 0 when K_m < d+k, e.g. keep_ratio 0.1 "
+        "at r = 8), 'nearest' sends round(K_m / (d+k)), halves up, which can exceed K_m by up to "
+        "half a component (ours; the paper keeps 'precisely the number of rank components "
+        "specified by the target sparsification ratio', §V) [docs/algorithms.md §3].",
+        choices=("floor", "nearest"),
+    )
     value_bits: int = fld(32, "q_value: bits per transmitted value.", ge=1, le=64)
+    allow_empty_upload: bool = fld(
+        False,
+        "Accept a keep ratio whose budget sends nothing: round(keep_ratio r (d + k)) = 0 entries "
+        "of a module (of every module for flasc_scope=global), or, for fedlodrop, less than one "
+        "whole rank component (less than half of one with fedlodrop_rounding=nearest). Refused by "
+        "default, before any training, with the smallest keep ratio that sends something; true "
+        "is for experiments that want the empty upload "
+        "[docs/algorithms.md §9, ours].",
+    )
 
 
 @dataclass(frozen=True)
@@ -375,7 +515,10 @@ class RuntimeConfig:
     precision: str = fld(
         "fp32",
         "Arithmetic of the forward passes: 'fp32', or 'bf16' (bfloat16 autocast, for GPUs; the "
-        "LoRA factors, the head and AdamW's state stay float32).",
+        "LoRA factors, the head and AdamW's state stay float32). bf16 on a CPU is refused before "
+        "any work (client actors with runtime.num_gpus_per_actor = 0, or a serial run without "
+        "CUDA): it is no faster there (measured slower on the smoke config) and its numbers "
+        "would not match the fp32 reference [docs/algorithms.md §9, ours].",
         choices=("fp32", "bf16"),
     )
     jemalloc: bool = fld(
@@ -450,6 +593,53 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    kind: str = fld(
+        "none",
+        "Client-level differential privacy: 'none', 'central' (each client's weighted upload is "
+        "clipped to privacy.clip_norm, the driver adds Gaussian noise to the sum) or 'local' (each "
+        "client clips and noises its own update before its scheme sparsifies it) "
+        "[docs/algorithms.md §14].",
+        choices=("none", "central", "local"),
+    )
+    clip_norm: float = fld(
+        1.0,
+        "C: the L2 norm each client's contribution is clipped to, over the whole upload (every "
+        "LoRA factor and the head).",
+        gt=0,
+    )
+    noise_multiplier: float = fld(
+        0.0,
+        "sigma: the noise's standard deviation is sigma x C per coordinate. 0 solves sigma from "
+        "privacy.target_epsilon (then > 0 is required there).",
+        ge=0,
+    )
+    target_epsilon: float = fld(
+        0.0,
+        "With privacy.noise_multiplier = 0: the epsilon the whole run (federation.rounds) may "
+        "spend at privacy.delta; sigma is solved for it before the run (dp-accounting's "
+        "calibrate_dp_mechanism).",
+        ge=0,
+    )
+    delta: float = fld(
+        1e-5, "delta of the (epsilon, delta) guarantee (below 1 / federation.num_clients).", gt=0, le=0.1
+    )
+    accountant: str = fld(
+        "rdp",
+        "Privacy accountant of dp-accounting: 'rdp' (Renyi DP; any sampling) or 'pld' (privacy "
+        "loss distributions: tighter, about 0.6 s a round to account; independent sampling or "
+        "local DP only).",
+        choices=("rdp", "pld"),
+    )
+    max_epsilon: float = fld(
+        0.0,
+        "Stop the run cleanly, with its checkpoint, before a round that would spend more than this "
+        "epsilon (0: no limit).",
+        ge=0,
+    )
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str = fld("run", "Run name, stored in the logs.")
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "Base model and LoRA."})  # noqa: E501
@@ -476,6 +666,9 @@ class RunConfig:
     log: LogConfig = field(default_factory=LogConfig, metadata={"help": "Parquet logs."})
     checkpoint: CheckpointConfig = field(
         default_factory=CheckpointConfig, metadata={"help": "Checkpoints of the run state (resume)."}
+    )
+    privacy: PrivacyConfig = field(
+        default_factory=PrivacyConfig, metadata={"help": "Client-level differential privacy."}
     )
 
     def to_dict(self) -> dict[str, Any]:

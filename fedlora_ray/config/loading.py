@@ -132,6 +132,11 @@ def validate(cfg: RunConfig) -> RunConfig:
             f"expected number of participants must lie in [q_min N, q_max N] = "
             f"[{samp.q_min * n:g}, {samp.q_max * n:g}]"
         )
+    if 0 < fed.divergence_factor <= 1:
+        raise ConfigError(
+            f"config field 'federation.divergence_factor' = {fed.divergence_factor}: must be 0 (the "
+            "check off) or > 1 (a loss above its best so far by that factor)"
+        )
     if cfg.runtime.num_gpus_per_actor > 1 and cfg.runtime.num_gpus_per_actor != int(
         cfg.runtime.num_gpus_per_actor
     ):
@@ -139,7 +144,35 @@ def validate(cfg: RunConfig) -> RunConfig:
             f"config field 'runtime.num_gpus_per_actor' = {cfg.runtime.num_gpus_per_actor}: "
             "above 1 it must be a whole number"
         )
+    _check_privacy(cfg)
     return cfg
+
+
+def _check_privacy(cfg: RunConfig) -> None:
+    """The privacy fields' own rules [docs/algorithms.md §14]."""
+    p = cfg.privacy
+    if p.kind not in ("central", "local"):  # none
+        return
+    if p.noise_multiplier == 0 and p.target_epsilon == 0:
+        raise ConfigError(
+            f"config field 'privacy.noise_multiplier' = 0: privacy.kind = {p.kind!r} needs a noise "
+            "multiplier > 0, or privacy.target_epsilon > 0 to solve one for"
+        )
+    if p.noise_multiplier > 0 and p.target_epsilon > 0:
+        raise ConfigError(
+            f"config field 'privacy.target_epsilon' = {p.target_epsilon}: give either "
+            "privacy.noise_multiplier or privacy.target_epsilon, not both"
+        )
+    if p.delta >= 1 / cfg.federation.num_clients:
+        raise ConfigError(
+            f"config field 'privacy.delta' = {p.delta}: must be < 1 / federation.num_clients "
+            f"({1 / cfg.federation.num_clients:g}); a larger delta allows releasing a whole client's data"
+        )
+    if p.accountant == "pld" and p.kind == "central" and cfg.sampling.kind == "uniform":
+        raise ConfigError(
+            "config field 'privacy.accountant' = 'pld': dp-accounting's PLD accountant cannot account "
+            "uniform K-of-N sampling (without replacement); use 'rdp', or sampling.kind = 'independent'"
+        )
 
 
 def validate_ratios(path: str, ratios: tuple[float, ...], rank: int) -> None:
@@ -185,16 +218,29 @@ def load_config(
     data: dict[str, Any] = dict(base or {})
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            raise ConfigError(f"config file {str(p)!r} is a folder; give the YAML file itself")
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} does not exist")
         try:
-            loaded = yaml.safe_load(p.read_text()) or {}
+            loaded = yaml.safe_load(p.read_text())
         except yaml.YAMLError as err:
             raise ConfigError(f"config file {str(p)!r} is not valid YAML: {yaml_error_text(err)}") from None
         except (OSError, UnicodeDecodeError) as err:
             raise ConfigError(f"config file {str(p)!r} cannot be read: {err}") from None
+        if loaded is None:
+            # an empty file (or one of comments only) would silently run every default: a 100-client
+            # MiniLM job of 20 rounds, which is rarely what a truncated or wrong file meant
+            raise ConfigError(
+                f"config file {str(p)!r} is empty (or holds only comments); give at least the fields "
+                "that differ from the defaults (`fedlora-ray fields` lists them; jobs/configs/smoke.yaml "
+                "is a small example)"
+            )
         if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top")
+            raise ConfigError(
+                f"config file {str(p)!r} must hold a mapping (section: fields) at the top, not "
+                f"a {type(loaded).__name__}"
+            )
         data = _merge(data, loaded)
     for text in overrides:
         try:

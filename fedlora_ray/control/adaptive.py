@@ -60,7 +60,10 @@ import numpy as np
 def expected_max(times: np.ndarray, q: np.ndarray) -> np.ndarray:
     """E[max_{i in S} T_i] for independent participation (0 for an empty S), over the last axis
     of clients; ``times`` and ``q`` broadcast against each other (batches of either). The formula
-    is docs/algorithms.md §7's: sum_j T_(j) q_(j) prod_{l > j} (1 - q_(l)) in ascending T [ours]."""
+    is docs/algorithms.md §7's: sum_j T_(j) q_(j) prod_{l > j} (1 - q_(l)) in ascending T [ours].
+    Equal T keep client order (a stable sort): the value does not depend on their order, but
+    the rounding of the sum does, and numpy's default sort orders equals differently with its
+    AVX-512, AVX2 and baseline kernels."""
     times, q = np.broadcast_arrays(times, q)
     order = np.argsort(times, axis=-1, kind="stable")
     t, qs = np.take_along_axis(times, order, -1), np.take_along_axis(q, order, -1)
@@ -247,9 +250,10 @@ def _q_descent(
 ) -> np.ndarray:
     """Coordinate descent on F + lam sum q for fixed s, from ``q`` (docs/algorithms.md §7, step (a)
     [ours]; ``adaptive_reference.q_descent`` is the plain loop). Clients are visited in
-    ascending T, which keeps every coordinate's affine E[T] = alpha + beta q_i O(1) to update:
-    with S_i = prod_{l>i} (1 - q_l), A_i = sum_{j>i} T_j q_j S_j and H_i the forward sum over
-    faster clients, alpha = A_i + S_i H_i and beta = S_i (T_i - H_i).
+    ascending T, equal T in client order (a stable sort, as in the plain loop), which keeps
+    every coordinate's affine E[T] = alpha + beta q_i O(1) to update: with
+    S_i = prod_{l>i} (1 - q_l), A_i = sum_{j>i} T_j q_j S_j and H_i the forward sum over faster
+    clients, alpha = A_i + S_i H_i and beta = S_i (T_i - H_i).
 
     The sweep is Gauss-Seidel in that order. Two kinds of client skip the Python step (the
     result is the plain step's up to rounding): (1) a prefix of fast clients whose S_i is so small that
@@ -413,15 +417,18 @@ class _Exchange:
     def pair(self, value: float, e_max: float, r: float) -> tuple[int, int] | None:
         """The clients to raise (i) and lower (j), or None where the exchange stops: i has the
         least gradient among those below q_max, j the largest among those above q_min, and
-        they must differ by more than 1e-9 F."""
+        they must differ by more than 1e-9 F. On an equal gradient the lower client index wins,
+        as in the plain loop (docs/algorithms.md §7 [ours]): the state is kept in ascending T,
+        where the first of equals would be the faster client, so the choice is made in client
+        order."""
         if not self.up.any() or not self.down.any():
             return None
-        g = self.gradient(e_max, r)
-        i = int(np.argmin(np.where(self.up, g, np.inf)))
-        j = int(np.argmax(np.where(self.down, g, -np.inf)))
+        g = self.gradient(e_max, r)[self.rank]  # client order
+        i = int(np.argmin(np.where(self.up[self.rank], g, np.inf)))
+        j = int(np.argmax(np.where(self.down[self.rank], g, -np.inf)))
         if i == j or g[j] - g[i] <= 1e-9 * max(abs(value), 1e-12):
             return None
-        return int(self.order[i]), int(self.order[j])
+        return i, j
 
     def corners(self, i: int, j: int) -> np.ndarray:
         """expected_max at (q_i, q_j) = (0, 0), (1, 0), (0, 1), (1, 1); only the terms up to
@@ -520,6 +527,21 @@ def _exchange(prob: AdaptiveProblem, s: np.ndarray, q: np.ndarray) -> np.ndarray
     return state.q
 
 
+# The s step's values of one client at its options carry the folds' rounding, so options whose F
+# is equal in exact arithmetic (a2 = 0 and T the same at every option, or a2 = 0 and a slower
+# client at q = 1) come out a few ulps apart: at most 3.1e-16 relative seen at N = 100 to
+# 5,000. Values within this share of the least count as equal, and the first option among them
+# wins, as the plain loop's exact argmin would pick it [ours; docs/algorithms.md §7].
+_OPTION_TIE_RTOL = 1e-13
+
+
+def _first_best(values: np.ndarray) -> np.ndarray:
+    """Per row of F values (clients x options), the first option within ``_OPTION_TIE_RTOL`` of
+    the row's least [ours; docs/algorithms.md §7]."""
+    least = values.min(axis=1, keepdims=True)
+    return np.argmax(values <= least + _OPTION_TIE_RTOL * np.abs(least), axis=1)
+
+
 class _SlotFolds:
     """The monoid (P, W) over all (client, option) slots sorted by time, an inactive slot being
     the identity (1, 0), cut into blocks of ``block`` slots. Each block keeps, for every slot,
@@ -573,6 +595,9 @@ class _SlotFolds:
 def _solve_s(prob: AdaptiveProblem, q: np.ndarray, s: np.ndarray) -> np.ndarray:
     """s given q: each client in turn takes its best option, until none changes
     (docs/algorithms.md §7, step (b) [ours]; ``adaptive_reference.solve_s`` is the plain loop).
+    Clients are visited in index order; of equally good options (within ``_OPTION_TIE_RTOL``,
+    the rounding of the folds) the first in ``prob.options`` wins, even over the current one, as
+    in the plain loop.
 
     Client i at time x, the others fixed: E[max] = q_i (x P + W) + (1 - q_i) W_all, where (P, W)
     folds the others' slots after x and W_all all of them (ties do not matter: every slot after
@@ -647,7 +672,7 @@ def _solve_s(prob: AdaptiveProblem, q: np.ndarray, s: np.ndarray) -> np.ndarray:
             out = np.flatnonzero(needs_out[idx])
             stop = int(out[0]) if len(out) else len(idx)  # evaluated as they stand up to here
             if stop:
-                best = np.argmin(values(idx[:stop], False, sum_s), axis=1)
+                best = _first_best(values(idx[:stop], False, sum_s))
                 moving = np.flatnonzero(options[best] != options[cur_s[idx[:stop]]])
                 if len(moving):
                     f = int(moving[0])
@@ -662,7 +687,7 @@ def _solve_s(prob: AdaptiveProblem, q: np.ndarray, s: np.ndarray) -> np.ndarray:
                 continue
             # client i has q_i > 1/2: take its slot out, then choose
             folds.set((int(rank[i, cur_s[i]]),), (1.0,), (0.0,))
-            best_i = int(np.argmin(values(np.array([i]), True, sum_s)[0]))
+            best_i = int(_first_best(values(np.array([i]), True, sum_s))[0])
             if options[best_i] != options[cur_s[i]]:
                 sum_s += float(term[i, best_i] - term[i, cur_s[i]])
                 changed = True

@@ -41,8 +41,9 @@ def q_descent(
     """Coordinate descent on F + lam * sum_i q_i for fixed s, from ``q`` (docs/algorithms.md §7,
     step (a) [ours]).
 
-    Clients are visited in ascending T (Gauss-Seidel: each step sees the q already updated in
-    this sweep). In one q_i, with the others fixed, E[T] is affine, alpha + beta q_i, where
+    Clients are visited in ascending T, equal T in client order (a stable sort). Gauss-Seidel:
+    each step sees the q already updated in this sweep, so the order of equals changes the
+    result. In one q_i, with the others fixed, E[T] is affine, alpha + beta q_i, where
     S_i = prod_{l > i} (1 - q_l), A_i = sum_{j > i} T_j q_j S_j, H_i is the fold of the faster
     clients (H <- H (1 - q_j) + T_j q_j), alpha = A_i + S_i H_i and beta = S_i (T_i - H_i); and
     rounds is c + d_i / q_i with d_i = a1 p_i^2 G_i^2. So F + lam q_i = const + (c beta + lam) q_i
@@ -141,9 +142,10 @@ def pair_move(
 def exchange(prob: AdaptiveProblem, s: np.ndarray, q: np.ndarray) -> np.ndarray:
     """Pairwise exchanges, SMO-like (docs/algorithms.md §7, step (a) [ours]): raise the client
     whose F falls fastest as its q rises (among those below q_max), lower the one whose F falls
-    fastest as its q drops (among those above q_min), by the best ``pair_move``; stop when their
-    gradients differ by at most ``EXCHANGE_GAP`` F or the move gains less than ``EXCHANGE_GAIN`` F
-    (at most 50 N steps). Sum q stays K."""
+    fastest as its q drops (among those above q_min), the lower client index on an equal
+    gradient, by the best ``pair_move``; stop when their gradients differ by at most
+    ``EXCHANGE_GAP`` F or the move gains less than ``EXCHANGE_GAIN`` F (at most 50 N steps).
+    Sum q stays K."""
     times = prob.times(s)
     q = q.copy()
     value = objective(prob, q, s)

@@ -41,6 +41,8 @@ from fedlora_ray.compress.bits import Dims, ModuleUpload
 from fedlora_ray.config import ConfigError, RunConfig
 from fedlora_ray.control.base import ControllerState, controller_class, make_controller
 from fedlora_ray.control.clock import clock_step
+from fedlora_ray.preflight import check_upload_budget
+from fedlora_ray.privacy.plan import plan_privacy
 
 
 def module_upload(cfg: RunConfig) -> ModuleUpload:
@@ -129,6 +131,7 @@ def simulate_control(
         from fedlora_ray.tasks import lora_module_dims
 
         dims = lora_module_dims(cfg.model)
+    check_upload_budget(cfg, dims)  # a fixed keep ratio that sends nothing is refused, as a run's is
     head_bits = cfg.compression.value_bits * head_entries
 
     # what build_context and initial_state fix for the run
@@ -137,6 +140,7 @@ def simulate_control(
     controller.setup(sizes / sizes.sum(), sizes)
     sampling = SAMPLINGS[cfg.sampling.kind](fed.seed, fed.num_clients, fed.clients_per_round)
     state: ControllerState = controller.init(make_scheme(cfg).client_ratios(fed.num_clients, fed.seed))
+    initial_q = state.q
     costs: dict[tuple[int, float], tuple[int, int]] = {}  # (k_i, rho) -> (entries, LoRA bits)
 
     round_rows, client_parts, sim_time = [], [], 0.0
@@ -165,7 +169,11 @@ def simulate_control(
         state = clock.controller
     columns = [np.concatenate(parts) for parts in zip(*client_parts)]
     clients = pd.DataFrame(dict(zip(CLIENT_COLUMNS, columns)))
-    return ControlLog(pd.DataFrame(round_rows, columns=ROUND_COLUMNS), clients)
+    frame = pd.DataFrame(round_rows, columns=ROUND_COLUMNS)
+    privacy = plan_privacy(cfg, initial_q)
+    if privacy is not None:  # the epsilon a run would have spent after each round (§14)
+        frame["dp_epsilon"] = [privacy.epsilon(t) for t in range(1, rounds + 1)]
+    return ControlLog(frame, clients)
 
 
 def simulate_uplink(

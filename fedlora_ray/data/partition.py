@@ -142,6 +142,27 @@ def dirichlet(
     )
 
 
+def natural(labels: np.ndarray, num_clients: int, min_examples: int = 1) -> list[np.ndarray]:
+    """One client per label value, client i holding every example of label i (docs/algorithms.md
+    §13, the natural split of FlowerTune and pfl-research: a user id, a source). Nothing is drawn.
+    ConfigError unless there are exactly ``num_clients`` values, each with ``min_examples``."""
+    values = int(labels.max()) + 1 if len(labels) else 0
+    if num_clients != values:
+        raise ConfigError(
+            f"config field 'federation.num_clients' = {num_clients}: data.partition = 'natural' gives "
+            f"one client per value of data.category_column, and the training data has {values}; set "
+            f"federation.num_clients={values}"
+        )
+    parts = [np.flatnonzero(labels == c) for c in range(values)]
+    sizes = np.array([len(p) for p in parts])
+    if sizes.min(initial=min_examples) < min_examples:
+        raise ConfigError(
+            f"config field 'data.min_examples_per_client' = {min_examples}: under data.partition = "
+            f"'natural', client {int(sizes.argmin())} holds {int(sizes.min())} training examples"
+        )
+    return parts
+
+
 def partition_indices(labels: np.ndarray, num_clients: int, cfg: DataConfig, seed: int) -> list[np.ndarray]:
     """Client index arrays for ``cfg.partition``, seeded by the run seed; every client holds at
     least ``cfg.min_examples_per_client`` examples, or ConfigError (docs/algorithms.md §8)."""
@@ -151,4 +172,6 @@ def partition_indices(labels: np.ndarray, num_clients: int, cfg: DataConfig, see
         return iid(len(labels), num_clients, rng, m)
     if cfg.partition == "shards":
         return shards(labels, num_clients, cfg.shards_per_client, rng, m)
+    if cfg.partition == "natural":
+        return natural(labels, num_clients, m)
     return dirichlet(labels, num_clients, cfg.dirichlet_alpha, rng, m)

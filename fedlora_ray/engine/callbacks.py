@@ -16,8 +16,9 @@ import torch
 from fedlora_ray.algorithm.backend import Backend
 from fedlora_ray.algorithm.state import RunContext, RunState
 from fedlora_ray.config import RunConfig
+from fedlora_ray.engine.checkpoint_state import save_state
 from fedlora_ray.run_errors import DivergenceError
-from fedlora_ray.rundir import RunLog, save_checkpoint
+from fedlora_ray.rundir import RunLog
 from fedlora_ray.rundir.checkpoint import checkpoint_rounds
 
 
@@ -39,6 +40,9 @@ class RunView(Protocol):
 
     @property
     def log(self) -> RunLog | None: ...
+
+    @property
+    def history(self) -> list[dict[str, Any]]: ...  # every earlier round's row (resumed: from the log)
 
 
 class Callback:
@@ -74,27 +78,73 @@ def finite_adapter(state: RunState) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in state.adapter.tensors())
 
 
+def blow_up(values: list[float | None], factor: float, patience: int) -> tuple[int, float, float] | None:
+    """Whether the last ``patience`` values of a loss series all exceed ``factor`` x the best
+    value before each of them [docs/algorithms.md §9, ours]: (how many in a row, the last value,
+    the best before it), or None. Missing and non-finite values are skipped (NaN and inf have
+    their own check); the series is a run's logged history plus the current round."""
+    best, streak = math.inf, 0
+    last = None
+    for v in values:
+        if v is None or not math.isfinite(v):
+            continue
+        streak = streak + 1 if 0 < best < math.inf and v > factor * best else 0
+        last = (streak, v, best)
+        best = min(best, v)
+    if last is None or last[0] < patience:
+        return None
+    return last
+
+
 class DivergenceGuard(Callback):
-    """Non-finite global factors or test loss: stop with an error naming the round (the logs
-    and checkpoint keep the last good round), or flag the round when
-    ``federation.on_divergence`` is 'flag' [docs/algorithms.md §9]."""
+    """Non-finite global factors or test loss, or a finite blow-up: the test loss (or the train
+    loss) above ``federation.divergence_factor`` x its best so far for
+    ``federation.divergence_patience`` evaluations (rounds) in a row. Stop with an error naming
+    the round (the logs and checkpoint keep the last good round), or flag the round when
+    ``federation.on_divergence`` is 'flag' [docs/algorithms.md §9].
+
+    The blow-up check keeps no state of its own: it reads the run's history of logged rows (a
+    resumed run reads them back from its log), so a resumed run decides exactly as one that never
+    stopped."""
 
     def on_round_end(self, run, state, row, client_rows):  # type: ignore[no-untyped-def]
+        fed = run.cfg.federation
         loss = row.get("test_loss")
         bad = []
         if not finite_adapter(state):
             bad.append("the global LoRA factors or head hold NaN or inf")
         if loss is not None and not math.isfinite(loss):
             bad.append(f"the test loss is {loss}")
+        if fed.divergence_factor > 0:
+            for column, unit in (("test_loss", "evaluations"), ("train_loss", "rounds")):
+                if row.get(column) is None:  # no new value this round: nothing new to judge
+                    continue
+                series = [r.get(column) for r in run.history] + [row[column]]
+                hit = blow_up(series, fed.divergence_factor, fed.divergence_patience)
+                if hit is not None:
+                    streak, value, best = hit
+                    bad.append(
+                        f"the {column.replace('_', ' ')} {value:.4g} is above "
+                        f"federation.divergence_factor = {fed.divergence_factor:g} x its best so far "
+                        f"({best:.4g}) for {streak} {unit} in a row "
+                        f"(federation.divergence_patience = {fed.divergence_patience})"
+                    )
         if not bad:
             return
-        if run.cfg.federation.on_divergence == "flag":
+        if fed.on_divergence == "flag":
             row["diverged"] = True
             return
+        looser = (
+            ", raise federation.divergence_factor or federation.divergence_patience (0 turns the "
+            "factor check off)"
+            if any("divergence_factor" in b for b in bad)
+            else ""
+        )
         raise DivergenceError(
             f"round {state.round}: the run diverged ({'; '.join(bad)}). The logs and checkpoint end at "
-            "the last good round; lower federation.lr or algorithm.server_lr, or set "
-            "federation.on_divergence=flag to log such rounds and go on"
+            f"the last good round; lower federation.lr (now {fed.lr:g}) or algorithm.server_lr (now "
+            f"{run.cfg.algorithm.server_lr:g}){looser}, or set federation.on_divergence=flag to log "
+            "such rounds and go on"
         )
 
 
@@ -117,7 +167,7 @@ class Checkpoint(Callback):
             return
         run.log.flush()
         state.clients.persist()
-        save_checkpoint(run.log.dir, state.round, {"state": state, "config": run.cfg.to_dict()}, ck.keep)
+        save_state(run.log.dir, state, run.log.config, ck.keep)
         state.clients.checkpointed(state.round, checkpoint_rounds(run.log.dir))
 
 
@@ -132,6 +182,8 @@ def format_progress(row: dict[str, Any], rounds: int) -> str:
         f"cov {num('covariance', '.3g')} | {row['uplink_bits'] / 1e6:7.2f} Mbit | "
         f"sim {row['sim_time_s']:8.1f} s | {row['elapsed_seconds']:7.1f} s"
     )
+    if row.get("dp_epsilon") is not None:
+        line += f" | eps {row['dp_epsilon']:.3g}"
     notes = [f"{row[k]} {k}" for k in ("rejected", "retries") if row.get(k)]
     if row.get("diverged"):
         notes.append("DIVERGED")

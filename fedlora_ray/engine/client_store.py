@@ -7,7 +7,8 @@ their tensors total at most ``runtime.client_store_mem_mb``; every further one i
 to a file named by its client and version, under RUN_DIR/client_store/. A checkpoint first writes
 the RAM states changed since the previous checkpoint to their files too, and then holds only the
 index client -> version: its cost grows with the clients a checkpoint interval touched, not with
-N, and no state is ever stored twice. Files are written once and never changed, through a
+N, and no state is ever stored twice. A file is a tensor file (safetensors with a checksum, no
+pickle), checked whenever it is read. Files are written once and never changed, through a
 temporary file and a rename, and they reach the disk before the checkpoint that refers to them,
 so a checkpoint of round t always finds whole files of exactly round t's states, whatever later
 rounds wrote. A resumed run starts with every state on disk and reads each back when its client
@@ -35,7 +36,6 @@ import ctypes
 import functools
 import math
 import os
-import pickle
 import re
 import shutil
 import tempfile
@@ -45,14 +45,14 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from fedlora_ray.atomic_write import atomic_path
+from fedlora_ray.rundir.tensor_file import read_tensor_file, write_tensor_file
 
 CLIENT_STORE_DIR = "client_store"
 _SHARD = 1000  # clients per sub-folder: no folder grows past a few thousand files
-_FILE = re.compile(r"^(\d+)-(\d+)\.pt$")
+_FILE = re.compile(r"^(\d+)-(\d+)\.safetensors$")
+_KIND = "client-state"
 _BYTES_PER_MB = 1_000_000
 
 # A client's entry in the index: (version, state) for a state held in RAM, or the version alone
@@ -87,27 +87,6 @@ def state_nbytes(state: Any) -> int:
     return total
 
 
-def _tensor(array: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(array if array.flags.writeable else array.copy())
-
-
-_NUMPY_DTYPES = frozenset({
-    torch.float64, torch.float32, torch.float16, torch.int64, torch.int32, torch.int16, torch.int8,
-    torch.uint8, torch.bool,
-})  # fmt: skip
-
-
-class _StatePickler(pickle.Pickler):
-    """Pickles a state's CPU tensors as numpy arrays (the same bytes): a file is written 2-4x
-    and read 10x faster than through torch.save's zip archive. Other tensors (bfloat16, on a
-    device, subclasses) take torch's own pickling."""
-
-    def reducer_override(self, obj: Any) -> Any:
-        if type(obj) is torch.Tensor and obj.device.type == "cpu" and obj.dtype in _NUMPY_DTYPES:
-            return _tensor, (obj.detach().numpy(),)
-        return NotImplemented
-
-
 @functools.cache
 def _libc_syncfs() -> Any:
     return getattr(ctypes.CDLL(None), "syncfs", None) if os.name == "posix" else None
@@ -137,7 +116,7 @@ def _sync_filesystem(folder: Path, paths: list[Path]) -> None:
 
 
 class ClientStateFiles:
-    """The versioned state files of one store: ``FOLDER/SSSS/CCCCCCC-RRRRRR.pt`` holds client C's
+    """The versioned state files of one store: ``FOLDER/SSSS/CCCCCCC-RRRRRR.safetensors`` holds client C's
     state as round R left it (SSSS = C // 1000). Knows which RAM states are not in a file yet,
     which replaced files a kept checkpoint still needs, and deletes the others once it is safe."""
 
@@ -159,7 +138,7 @@ class ClientStateFiles:
         return self._folder
 
     def path(self, client: int, version: int) -> Path:
-        return self.folder / f"{client // _SHARD:04d}" / f"{client:07d}-{version:06d}.pt"
+        return self.folder / f"{client // _SHARD:04d}" / f"{client:07d}-{version:06d}.safetensors"
 
     def write(self, client: int, version: int, state: dict[str, Any]) -> None:
         """Whole or not at all: a temporary file, renamed (a killed run leaves only the
@@ -169,19 +148,17 @@ class ClientStateFiles:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._shards.add(path.parent)
         # not durable here: ``sync`` flushes every file written since, once per checkpoint
-        with atomic_path(path, durable=False) as tmp, open(tmp, "wb") as fh:
-            _StatePickler(fh, protocol=5).dump(state)
+        write_tensor_file(path, state, _KIND, durable=False)
         self._unsynced.append(path)
 
     def read(self, client: int, version: int) -> dict[str, Any]:
-        path = self.path(client, version)
-        try:
-            with open(path, "rb") as fh:
-                state: dict[str, Any] = pickle.load(fh)  # written by ``write`` only
-        except FileNotFoundError:
-            raise FileNotFoundError(
-                f"{path}: client {client}'s state of round {version} is missing from the client store"
-            ) from None
+        """Client ``client``'s state of round ``version``, checked (DamagedFileError when its file
+        is missing, cut short or changed)."""
+        remedy = (
+            f"client {client}'s state of round {version} is lost; resume the run: it falls back to "
+            "the newest checkpoint whose client-state files are all intact"
+        )
+        state: dict[str, Any] = read_tensor_file(self.path(client, version), _KIND, remedy=remedy)
         return state
 
     def sync(self) -> None:
@@ -304,22 +281,15 @@ class ClientStore(Mapping[int, dict[str, Any]]):
 
     @classmethod
     def resume(
-        cls, saved: ClientStore | Mapping[int, dict[str, Any]], folder: Path | None, mem_mb: float,
-        round_: int, kept: Iterable[int] = (),
-    ) -> ClientStore:  # fmt: skip
-        """The store of a checkpoint of ``round_``, every state in its file under ``folder``;
-        ``kept`` are the rounds of the run's checkpoints, whose files stay. A checkpoint
-        written before the store existed holds the states themselves (a dict): they start in
-        RAM, as round_'s, and go to their files at the next checkpoint."""
+        cls, saved: ClientStore, folder: Path | None, mem_mb: float, round_: int, kept: Iterable[int] = ()
+    ) -> ClientStore:
+        """The store of a checkpoint of ``round_`` (``saved``: its index), every state in its file
+        under ``folder``; ``kept`` are the rounds of the run's checkpoints, whose files stay."""
         files = ClientStateFiles(folder)
-        live = saved.versions() if isinstance(saved, ClientStore) else {}
+        live = saved.versions()
         if folder is not None:
             files.recover(round_, live, kept)
-        if isinstance(saved, ClientStore):
-            return cls(files, mem_mb * _BYTES_PER_MB, dict[int, Entry](live))
-        entries: dict[int, Entry] = {int(c): (round_, s) for c, s in saved.items()}
-        files.dirty.update(entries)
-        return cls(files, mem_mb * _BYTES_PER_MB, entries, sum(map(state_nbytes, saved.values())))
+        return cls(files, mem_mb * _BYTES_PER_MB, dict[int, Entry](live))
 
     def updated(self, round_: int, states: Mapping[int, dict[str, Any]]) -> ClientStore:
         """The snapshot after round ``round_``, which left ``states`` (client -> new state).
@@ -445,12 +415,15 @@ class ClientStore(Mapping[int, dict[str, Any]]):
             self._files.checkpointed(round_, kept)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        """Pickled (into a checkpoint) as its index client -> version alone; ``persist`` first
-        puts every state in its file, and ``ClientStore.resume`` finds them there."""
-        return (_restore, (self.versions(), self.budget_bytes))
+        """Pickled (sent to another process) as its index client -> version alone, as a
+        checkpoint holds it; ``persist`` first puts every state in its file, and
+        ``ClientStore.resume`` finds them there."""
+        return (restored_store, (self.versions(), self.budget_bytes))
 
 
-def _restore(versions: dict[int, int], budget_bytes: float) -> ClientStore:
+def restored_store(versions: dict[int, int], budget_bytes: float) -> ClientStore:
+    """A store known by its index alone (from a checkpoint): ``ClientStore.resume`` gives it its
+    files."""
     store = ClientStore(None, budget_bytes, dict[int, Entry](versions))
     store._files = None  # found again by ``ClientStore.resume``
     return store

@@ -19,7 +19,7 @@ import numpy as np
 
 from fedlora_ray.algorithm.backend import Backend
 from fedlora_ray.algorithm.round import round_step
-from fedlora_ray.algorithm.state import RunState, build_context, initial_state
+from fedlora_ray.algorithm.state import build_context, initial_state
 from fedlora_ray.config import RunConfig
 from fedlora_ray.control import controller_class
 from fedlora_ray.engine.callbacks import (
@@ -31,9 +31,11 @@ from fedlora_ray.engine.callbacks import (
     Progress,
     describe_plan,
 )
+from fedlora_ray.engine.checkpoint_state import resume_state, save_state
 from fedlora_ray.engine.client_store import CLIENT_STORE_DIR, ClientStore
 from fedlora_ray.preflight import ClientData, check_data
-from fedlora_ray.rundir import RunLog, latest_checkpoint, load_checkpoint
+from fedlora_ray.privacy.plan import plan_privacy
+from fedlora_ray.rundir import RunLog
 from fedlora_ray.rundir.checkpoint import checkpoint_rounds
 
 BackendFactory = Callable[[RunConfig], Backend]
@@ -80,33 +82,37 @@ class FederatedRun:
                 "factory, which is built from the prepared config"
             )
         self.ctx = build_context(cfg, initial, data.partition, data.label_names)
-        checkpoint = latest_checkpoint(run_dir) if resume and run_dir is not None else None
         store_dir = Path(run_dir) / CLIENT_STORE_DIR if run_dir is not None else None
-        if checkpoint:
-            saved: RunState = load_checkpoint(checkpoint)["state"]
-            kept = checkpoint_rounds(checkpoint.parent.parent)
+        write = (progress or _print_flush) if cfg.runtime.progress else None
+        # Verified before anything of the run is written: a damaged newest checkpoint is named
+        # and the newest intact one used; with none intact nothing changes (docs/algorithms.md §10).
+        saved = resume_state(Path(run_dir), store_dir, write or _print_flush) if resume and run_dir else None
+        if saved is not None:
             clients = ClientStore.resume(
                 saved.clients,  # type: ignore[arg-type]  # the engine's own store, as checkpointed
                 store_dir,
                 cfg.runtime.client_store_mem_mb,
                 saved.round,
-                kept,
+                checkpoint_rounds(run_dir),  # type: ignore[arg-type]
             )
             self.state = dataclasses.replace(saved, clients=clients)
         else:
             store = ClientStore.create(store_dir, cfg.runtime.client_store_mem_mb)
             self.state = initial_state(self.ctx, initial, store)
+        # the privacy plan needs the controller's q_i; a target epsilon is met by solving sigma now,
+        # before anything of the run is written (the same solve on a resume: the same sigma)
+        privacy = plan_privacy(cfg, self.state.controller.q)
+        self.ctx = dataclasses.replace(self.ctx, privacy=privacy)
         self.log: RunLog | None = None
         if run_dir is not None:
             self.log = RunLog(
                 run_dir, cfg.to_dict(), cfg.log.flush_every, self.state.round if resume else None
             )
             if resume:
-                self.log.write_json("config.json", cfg.to_dict())  # an extended run's new length
+                self.log.write_json("config.json", self.log.config)  # an extended run's new length
             else:
                 self.log.write_profile(self.client_profile())
         self.history: list[dict[str, Any]] = self.log.rows("rounds") if self.log else []
-        write = (progress or _print_flush) if cfg.runtime.progress else None
         self.callbacks: list[Callback] = [Evaluate(), DivergenceGuard(), ParquetLog(), Checkpoint()]
         if write:
             self.callbacks.append(Progress(write))
@@ -115,6 +121,9 @@ class FederatedRun:
             write(f"resuming {run_dir} after round {self.state.round} of {cfg.federation.rounds}")
         elif write and self.state.controller.plan.iterations > 0:
             write(describe_plan(self))
+        if write and privacy is not None:
+            write(privacy.describe(cfg.federation.rounds))
+        self.stopped_by_privacy = False
         self._start = time.perf_counter()
 
     # ---- views of the state, for tests and notebooks
@@ -174,8 +183,30 @@ class FederatedRun:
     def run(self) -> dict[str, Any]:
         """All remaining rounds; then the adapter and a summary go into the run directory."""
         while self.state.round < self.cfg.federation.rounds:
+            privacy = self.ctx.privacy
+            if privacy is not None and not privacy.allows(self.state.round + 1):
+                self._stop_within_privacy_budget()
+                break
             self.run_round()
         return self.finish()
+
+    def _stop_within_privacy_budget(self) -> None:
+        """The next round would spend more than privacy.max_epsilon: the run ends here, with a
+        checkpoint of this round (a later resume stops at once) [docs/algorithms.md §14]."""
+        privacy = self.ctx.privacy
+        assert privacy is not None
+        t = self.state.round
+        self.stopped_by_privacy = True
+        if self.log is not None and t > 0 and t not in checkpoint_rounds(self.log.dir):
+            self.log.flush()
+            self.state.clients.persist()  # type: ignore[attr-defined]  # the engine's own store
+            save_state(self.log.dir, self.state, self.log.config, self.cfg.checkpoint.keep)
+            self.state.clients.checkpointed(t, checkpoint_rounds(self.log.dir))  # type: ignore[attr-defined]
+        _print_flush(
+            f"privacy budget: round {t + 1} would spend epsilon {privacy.epsilon(t + 1):.4g} > "
+            f"privacy.max_epsilon = {privacy.max_epsilon:g}; the run stops after round {t} "
+            f"(epsilon {privacy.epsilon(t):.4g}), with its checkpoint"
+        )
 
     def finish(self) -> dict[str, Any]:
         evaluated = [r for r in self.history if r["test_accuracy"] is not None]
@@ -198,6 +229,11 @@ class FederatedRun:
             "expected_round_s": plan.expected_round_s,
             "adaptive_solve_seconds": plan.solve_seconds,
         }
+        if self.ctx.privacy is not None:
+            summary["dp_epsilon"] = self.ctx.privacy.epsilon(self.state.round)
+            summary["dp_delta"] = self.ctx.privacy.delta
+            summary["dp_noise_multiplier"] = self.ctx.privacy.sigma
+            summary["stopped_by_privacy_budget"] = self.stopped_by_privacy
         if self.log:
             self.log.close()
             if self.cfg.log.save_adapter:

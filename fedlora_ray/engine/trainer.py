@@ -19,10 +19,11 @@ from fedlora_ray.algorithm.schedule import cut_passes
 from fedlora_ray.algorithm.schemes import make_scheme
 from fedlora_ray.algorithm.schemes.base import LocalUpdate
 from fedlora_ray.batched.loop import ClientWork, train_pass
-from fedlora_ray.config import RunConfig
+from fedlora_ray.config import ConfigError, RunConfig
 from fedlora_ray.lora.adapter import Adapter, get_adapter, lora_parameters, set_adapter
 from fedlora_ray.lora.rank_mask import lora_b_modules, rank_mask
 from fedlora_ray.preflight import check_model
+from fedlora_ray.privacy.mechanism import local_noise_generator, local_release, noised_tensors
 from fedlora_ray.tasks import load_splits, model_family
 from fedlora_ray.train import EvalResult, LocalResult, evaluate, train_local
 
@@ -38,6 +39,16 @@ def restore_outside(local: Adapter, global_lora: Adapter, components: dict[str, 
         gb, ga = global_lora.lora[m]
         b[:, outside] = gb[:, outside]
         a[outside, :] = ga[outside, :]
+
+
+def has_dropout(model: torch.nn.Module) -> bool:
+    """Some dropout of the model is on in training: a dropout layer with p > 0, or an attention
+    dropout rate in a transformers config (applied inside attention, not as a layer)."""
+    if any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules()):
+        return True
+    configs = [m.config for m in model.modules() if hasattr(m, "config")]
+    rates = ("attention_dropout", "attn_pdrop", "attention_probs_dropout_prob")
+    return any(float(getattr(c, r, 0) or 0) > 0 for c in configs for r in rates)
 
 
 class ClientTrainer:
@@ -58,6 +69,14 @@ class ClientTrainer:
         self._lora_params = lora_parameters(self.model)
         self._lora_pairs = list(self._lora_params.values())
         self._lora_b = lora_b_modules(self.model)
+        if cfg.model.gradient_checkpointing and cfg.runtime.clients_per_pass > 1 and has_dropout(self.model):
+            # the backward recomputes each layer's forward, where a client's own dropout stream
+            # (docs/algorithms.md §12) would draw new masks; torch restores only its global one
+            raise ConfigError(
+                "config field 'model.gradient_checkpointing' = True: the base model has dropout, so it "
+                f"cannot train runtime.clients_per_pass = {cfg.runtime.clients_per_pass} clients per pass "
+                "with it; set runtime.clients_per_pass=1 or model.gradient_checkpointing=false"
+            )
         self.scheme = make_scheme(cfg)
         if not self.scheme.trains_a:  # FFA-LoRA: A stays at its seeded init on every client
             for _, a in self._lora_pairs:
@@ -160,6 +179,8 @@ class ClientTrainer:
             m: (b - global_adapter.lora[m][0], a - global_adapter.lora[m][1])
             for m, (b, a) in local.lora.items()
         }
+        if task.dp_sigma is not None:  # local DP: what leaves the client is noised first (§14)
+            delta, local = self._noised(global_adapter, task, delta, local)
         sent, state = self.scheme.upload(
             LocalUpdate(delta, local.lora, components, task.keep_ratio, task.state, task.seed)
         )
@@ -179,6 +200,26 @@ class ClientTrainer:
             state=state,
         )
 
+    def _noised(
+        self, global_adapter: Adapter, task: ClientTask, delta: dict[str, tuple[torch.Tensor, torch.Tensor]],
+        local: Adapter,
+    ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], Adapter]:  # fmt: skip
+        """Local DP [docs/algorithms.md §14]: the whole change (LoRA factors and head) clipped to
+        privacy.clip_norm, N(0, sigma^2 C^2) added on every trained coordinate; the scheme then
+        sparsifies the noised change, and the local factors it scores are global + noised."""
+        assert task.dp_sigma is not None
+        head_delta = [local.head[k] - v for k, v in global_adapter.head.items()]
+        flat = [t for pair in delta.values() for t in pair] + head_delta
+        noised = noised_tensors(global_adapter, self.scheme.trains_a)
+        out, _ = local_release(
+            flat, noised, self.cfg.privacy.clip_norm, task.dp_sigma, local_noise_generator(task.seed)
+        )
+        it = iter(out)
+        delta = {m: (next(it), next(it)) for m in delta}
+        head = {k: v + next(it) for k, v in global_adapter.head.items()}
+        lora = {m: (g[0] + delta[m][0], g[1] + delta[m][1]) for m, g in global_adapter.lora.items()}
+        return delta, Adapter(lora, head)
+
     def evaluate(self, global_adapter: Adapter, part: int = 0, parts: int = 1) -> EvalResult:
         """Evaluate the ``part``-th of ``parts`` shares of the test split's batches, so that a pool
         of actors can share the work; the batches are the same whatever ``parts`` is, so the
@@ -186,5 +227,5 @@ class ClientTrainer:
         set_adapter(self.model, global_adapter)
         return evaluate(
             self.model, self.test_data, self.cfg.federation.eval_batch_size, self.device, part, parts,
-            self.cfg.runtime.precision,
+            self.cfg.runtime.precision, self.cfg.federation.mc_scoring,
         )  # fmt: skip

@@ -88,7 +88,9 @@ def linear_modules(cfg: ModelConfig, *, pretrained: bool) -> dict[str, tuple[int
     }
 
 
-def lora_config(cfg: ModelConfig) -> LoraConfig:
+def lora_config(cfg: ModelConfig, fan_in_fan_out: bool = False) -> LoraConfig:
+    """peft's LoraConfig for ``cfg``. ``fan_in_fan_out``: the targets store their weight as
+    (in, out), as GPT-2's Conv1D does (peft then transposes B A when it merges)."""
     from peft import LoraConfig  # peft is imported where LoRA is built or saved, not to read shapes
 
     return LoraConfig(
@@ -98,6 +100,7 @@ def lora_config(cfg: ModelConfig) -> LoraConfig:
         lora_dropout=cfg.lora_dropout,
         init_lora_weights="gaussian" if cfg.lora_init == "gaussian" else True,
         bias="none",
+        fan_in_fan_out=fan_in_fan_out,
     )
 
 
@@ -118,7 +121,9 @@ class TextClassifier(nn.Module):
         return self.head(pooled)
 
 
-def with_lora(encoder: nn.Module, cfg: ModelConfig, targets: Sequence[str], seed: int) -> nn.Module:
+def with_lora(
+    encoder: nn.Module, cfg: ModelConfig, targets: Sequence[str], seed: int, fan_in_fan_out: bool = False
+) -> nn.Module:
     """``encoder`` wrapped by peft with LoRA (``cfg``'s rank, alpha, dropout, init) on the modules
     ``targets``, the factors drawn from ``seed + 1``: every family builds its LoRA this way, and
     then its head, so that the same (cfg, seed) gives the same initial adapter in every process."""
@@ -130,7 +135,8 @@ def with_lora(encoder: nn.Module, cfg: ModelConfig, targets: Sequence[str], seed
         warnings.filterwarnings(
             "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
         )
-        return get_peft_model(encoder, lora_config(dataclasses.replace(cfg, target_modules=tuple(targets))))
+        peft_cfg = lora_config(dataclasses.replace(cfg, target_modules=tuple(targets)), fan_in_fan_out)
+        return get_peft_model(encoder, peft_cfg)
 
 
 M = TypeVar("M", bound=nn.Module)

@@ -28,7 +28,9 @@ def adapter_config_json(cfg: ModelConfig) -> str:
     from fedlora_ray.tasks import model_family  # tasks build on lora: import when used
 
     family = model_family(cfg.name)
-    peft_cfg = lora_config(dataclasses.replace(cfg, target_modules=family.lora_targets(cfg)))
+    peft_cfg = lora_config(
+        dataclasses.replace(cfg, target_modules=family.lora_targets(cfg)), family.fan_in_fan_out(cfg)
+    )
     peft_cfg.base_model_name_or_path = family.hub_id(cfg)
     with tempfile.TemporaryDirectory() as folder:
         peft_cfg.save_pretrained(folder)

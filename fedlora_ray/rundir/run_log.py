@@ -12,10 +12,17 @@ round is logged when rounds.parquet holds it, and clients.parquet may briefly ho
 round more (a kill between two renames). ``read_log`` and resume respect this, so the two
 datasets always agree as read. Rows are checked against the fixed schemas as they arrive, and
 every row carries the run's ``run_id`` so that many runs can be queried as one table.
+
+Every part is written with Parquet's page checksums and a checksum of its rows in its footer
+(``fedlora_ray.sha256``, which covers what the page checksums do not: the footer's names and
+types), and read with both checked, so a damaged part is named (``DamagedFileError``: the file,
+what is wrong, what to do), never read as other numbers.
+A flush first checks that the disk has room for what it writes [docs/algorithms.md §10].
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -25,6 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fedlora_ray.atomic_write import atomic_path, write_bytes
+from fedlora_ray.run_errors import DamagedFileError
 from fedlora_ray.rundir.schema import CLIENTS_SCHEMA, PROFILE_SCHEMA, ROUNDS_SCHEMA
 
 _SCHEMAS = {"rounds": ROUNDS_SCHEMA, "clients": CLIENTS_SCHEMA}
@@ -46,17 +54,76 @@ def part_files(path: Path) -> list[Path]:
     return sorted(p for p in path.iterdir() if p.name.startswith("part-") and p.suffix == ".parquet")
 
 
-def _read(path: Path, schema: pa.Schema) -> pa.Table:
-    parts = [_conform(pq.read_table(p), schema) for p in part_files(path)]
+def part_start(part: Path) -> int:
+    """The first round a part file holds, from its name (1 for the single file of the older
+    layout)."""
+    return int(part.stem.split("-")[1]) if part.name.startswith("part-") else 1
+
+
+DAMAGED_LOG_REMEDY = (
+    "its rounds are lost from the log. A resume rewrites the rounds after the run's newest intact "
+    "checkpoint; to rewrite them all, run the run's config.json again into a new folder (the same "
+    "config and seed give the same rows)"
+)
+
+
+_DIGEST_KEY = b"fedlora_ray.sha256"
+
+
+def rows_digest(table: pa.Table) -> str:
+    """A checksum of a table's rows: each column's name, type, nulls and values."""
+    h = hashlib.sha256()
+    for name, column in zip(table.column_names, table.columns):
+        array = column.combine_chunks()
+        h.update(f"\0{name}\0{array.type}\0".encode())
+        h.update(array.is_null().to_numpy(zero_copy_only=False).tobytes())
+        if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+            h.update("\0".join(array.fill_null("").to_pylist()).encode())
+        else:  # numbers and booleans (as int8): nulls counted above, their slots as 0
+            if pa.types.is_boolean(array.type):
+                array = array.cast(pa.int8())
+            h.update(array.fill_null(pa.scalar(0).cast(array.type)).to_numpy(zero_copy_only=False).tobytes())
+    return h.hexdigest()
+
+
+def write_parquet(table: pa.Table, path: Path) -> None:
+    """``table`` as a Parquet file with page checksums and its rows' checksum in the footer."""
+    meta = {**(table.schema.metadata or {}), _DIGEST_KEY: rows_digest(table).encode()}
+    pq.write_table(table.replace_schema_metadata(meta), path, write_page_checksum=True)
+
+
+def read_parquet(path: Path, remedy: str = DAMAGED_LOG_REMEDY) -> pa.Table:
+    """One Parquet file of a run, its page checksums and rows' checksum checked (files written
+    before the rows' checksum have only theirs): DamagedFileError when it cannot be read whole
+    and unchanged."""
+    try:
+        table = pq.read_table(path, page_checksum_verification=True)
+    except FileNotFoundError:
+        raise DamagedFileError(path, "missing", remedy) from None
+    except (OSError, pa.ArrowException) as err:
+        problem = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DamagedFileError(path, f"not a readable Parquet file ({problem})", remedy) from None
+    meta = dict(table.schema.metadata or {})
+    want = meta.pop(_DIGEST_KEY, None)
+    if want is not None and rows_digest(table).encode() != want:
+        raise DamagedFileError(path, "checksum mismatch: its rows changed after they were written", remedy)
+    return table.replace_schema_metadata(meta or None)
+
+
+def _read(path: Path, schema: pa.Schema, upto: int | None = None) -> pa.Table:
+    """The rows of a logged table; with ``upto``, only the parts that can hold rounds up to it
+    are read."""
+    files = [p for p in part_files(path) if upto is None or part_start(p) <= upto]
+    parts = [_conform(read_parquet(p), schema) for p in files]
     return pa.concat_tables(parts) if parts else schema.empty_table()
 
 
 def read_log(run_dir: str | Path, upto: int | None = None) -> tuple[pa.Table, pa.Table]:
     """(rounds, clients) as committed: clients rows only of rounds that rounds.parquet holds,
-    and none past ``upto``."""
+    and none past ``upto`` (the parts after it are not read)."""
     run_dir = Path(run_dir)
-    rounds = _read(run_dir / "rounds.parquet", ROUNDS_SCHEMA)
-    clients = _read(run_dir / "clients.parquet", CLIENTS_SCHEMA)
+    rounds = _read(run_dir / "rounds.parquet", ROUNDS_SCHEMA, upto)
+    clients = _read(run_dir / "clients.parquet", CLIENTS_SCHEMA, upto)
     last = max(rounds["round"].to_pylist(), default=0)
     if upto is not None:
         last = min(last, upto)
@@ -88,6 +155,7 @@ class RunLog:
         self.run_id = str(log_cfg.get("run_id") or self.dir.resolve().name)
         if "log" in config:
             config = {**config, "log": {**log_cfg, "run_id": self.run_id}}
+        self.config = config  # as config.json holds it (and every checkpoint)
         self._pending_rounds = 0
         self.rounds_logged = 0  # rounds committed to disk
         self._history: list[dict[str, Any]] = []  # every round's row: small, the run reports from it
@@ -118,11 +186,12 @@ class RunLog:
             if path.is_file():  # the older layout: rewritten as parts once, beside it, then swapped
                 with atomic_path(path, folder=True) as staged:
                     for start in sorted({self._part_start(r) for r in table["round"].to_pylist()}):
-                        pq.write_table(self._rows_of_part(table, start), staged / _PART.format(start))
+                        part = self._rows_of_part(table, start)
+                        write_parquet(part, staged / _PART.format(start))
                     path.unlink()  # the parts, whole, take the single file's place
             elif path.is_dir():
                 for part in part_files(path):
-                    if int(part.stem.split("-")[1]) >= open_start:
+                    if part_start(part) >= open_start:
                         part.unlink()
             self._open[name][open_start] = [self._rows_of_part(table, open_start)]
         self.flush()
@@ -161,8 +230,9 @@ class RunLog:
             self.flush()
 
     def _write_part(self, name: str, start: int, table: pa.Table) -> None:
-        with atomic_path(self.dir / f"{name}.parquet" / _PART.format(start)) as tmp:
-            pq.write_table(table, tmp)
+        # the rows' size in memory bounds the compressed file's
+        with atomic_path(self.dir / f"{name}.parquet" / _PART.format(start), needed=table.nbytes) as tmp:
+            write_parquet(table, tmp)
 
     def flush(self) -> None:
         """Write the open parts; rounds last, whose renames commit the rounds they hold. A part
@@ -189,8 +259,9 @@ class RunLog:
             else pa.array(columns[field.name], type=field.type)
             for field in PROFILE_SCHEMA
         ]
-        with atomic_path(self.dir / "profile.parquet") as tmp:
-            pq.write_table(pa.Table.from_arrays(arrays, schema=PROFILE_SCHEMA), tmp)
+        table = pa.Table.from_arrays(arrays, schema=PROFILE_SCHEMA)
+        with atomic_path(self.dir / "profile.parquet", needed=table.nbytes) as tmp:
+            write_parquet(table, tmp)
 
     def write_json(self, filename: str, obj: Any) -> None:
         write_bytes(self.dir / filename, json.dumps(obj, indent=2, sort_keys=True).encode())

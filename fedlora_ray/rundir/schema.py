@@ -43,6 +43,10 @@ ROUNDS_SCHEMA = pa.schema(
         pa.field("rejected", pa.int32()),  # uploads left out for a NaN or inf (docs/algorithms.md §9)
         pa.field("retries", pa.int32()),  # clients trained again after their worker died
         pa.field("diverged", pa.bool_()),  # non-finite global factors or test loss (on_divergence=flag)
+        # client-level DP (docs/algorithms.md §14): epsilon spent after this round at privacy.delta,
+        # and the uploads clipped to privacy.clip_norm (central); null without privacy
+        pa.field("dp_epsilon", pa.float64()),
+        pa.field("dp_clipped", pa.int32()),
     ]
 )
 

@@ -103,6 +103,11 @@ class ModelFamily:
         """What ``adapter_config.json`` records as the base model."""
         raise NotImplementedError
 
+    def fan_in_fan_out(self, cfg: ModelConfig) -> bool:
+        """The LoRA targets store their weight as (in, out) (GPT-2's Conv1D): peft's
+        ``fan_in_fan_out``, recorded in ``adapter_config.json``."""
+        return False
+
 
 def cap_per_class(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
     """Indices keeping at most ``per_class`` examples of each class (all when 0), drawn with

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import functools
 
-from fedlora_ray.tasks import ag_news, cifar100, fashion_mnist, wordnet  # noqa: F401  (register themselves)
+from fedlora_ray.config import RunConfig
+from fedlora_ray.tasks import ag_news, cifar100, fashion_mnist, instructions, wordnet  # noqa: F401  (register themselves)
 from fedlora_ray.tasks.base import MODELS, ModelFamily, ModelSpec
 
 
@@ -43,6 +44,19 @@ def _efficientnet(tiny: bool) -> ModelFamily:
     return EfficientNetFamily(tiny=tiny)
 
 
+@functools.cache
+def _causal_lm(tiny: bool) -> ModelFamily:
+    from fedlora_ray.tasks.causal_lm import CausalLMFamily
+
+    return CausalLMFamily(tiny=tiny)
+
+
+def _causal_lm_rules(cfg: RunConfig) -> None:
+    from fedlora_ray.tasks.causal_lm_rules import validate
+
+    validate(cfg)
+
+
 MODELS.update(
     minilm=ModelSpec("text", functools.partial(_bert, True)),  # all-MiniLM-L6-v2, from its PyPI package
     tiny=ModelSpec("text", functools.partial(_bert, False)),  # a random 2-layer BERT for tests
@@ -52,4 +66,8 @@ MODELS.update(
     efficientnet_tiny=ModelSpec("image", functools.partial(_efficientnet, True)),
     vit_b16=ModelSpec("image", functools.partial(_vit, False)),
     vit_tiny=ModelSpec("image", functools.partial(_vit, True)),
+    # any AutoModelForCausalLM (SmolLM2-135M-Instruct from its PyPI package by default), and a
+    # random Llama / Qwen2 / Mistral / Gemma / GPT-2 for tests, on instruction data
+    causal_lm=ModelSpec("instructions", functools.partial(_causal_lm, False), _causal_lm_rules),
+    causal_lm_tiny=ModelSpec("instructions", functools.partial(_causal_lm, True), _causal_lm_rules),
 )

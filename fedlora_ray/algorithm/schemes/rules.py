@@ -21,6 +21,12 @@ def sends_its_own_update(cfg: RunConfig) -> None:
             f"apply to algorithm.kind='fedavg' only; algorithm.kind={cfg.algorithm.kind!r} sends its own "
             "update, so set compression.method='none'"
         )
+    if cfg.compression.target != "update":
+        raise ConfigError(
+            f"config field 'compression.target' = {cfg.compression.target!r}: sending the sparsified "
+            f"factors applies to algorithm.kind='fedavg' only; algorithm.kind={cfg.algorithm.kind!r} "
+            "sends its own update, so leave compression.target='update'"
+        )
 
 
 def draws_client_ratios(cfg: RunConfig) -> None:
