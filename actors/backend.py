@@ -125,6 +125,13 @@ class RayBackend:
 
         return EvalResult.combine([result for _, result in parts])
 
+    def generate(self, global_adapter: Adapter) -> list[dict[str, Any]]:
+        """The held-out prompts' answers, shared over the actors, in prompt order."""
+        ref = ray.put(global_adapter)
+        n = len(self.actors)
+        parts = self._run("generate", [(i, (ref, i, n)) for i in range(n)])
+        return sorted((row for _, rows in parts for row in rows), key=lambda row: row["index"])
+
     def close(self) -> None:
         for a in self.actors:
             ray.kill(a)

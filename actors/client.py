@@ -73,3 +73,6 @@ class ClientActor:
 
     def evaluate(self, global_adapter: Adapter, part: int, parts: int) -> EvalResult:
         return self.trainer.evaluate(global_adapter, part, parts)
+
+    def generate(self, global_adapter: Adapter, part: int, parts: int) -> list[dict[str, Any]]:
+        return self.trainer.generate(global_adapter, part, parts)

@@ -198,7 +198,12 @@ PLOTS = [
     ("loss_vs_bits.png", "cumulative_bits", "train_loss", "train loss"),
     ("covariance_vs_round.png", "round", "covariance", "covariance term"),
     ("orthogonality_vs_round.png", "round", "orth_error_a", "orthogonality error of A (B dashed)"),
+    # written only when some run logged the column: causal LMs (§13), private runs (§14)
+    ("perplexity_vs_round.png", "round", "test_perplexity", "held-out perplexity"),
+    ("exact_match_vs_round.png", "round", "exact_match", "exact match of generated answers"),
+    ("epsilon_vs_round.png", "round", "dp_epsilon", "epsilon spent (privacy.delta)"),
 ]
+OPTIONAL = {"test_perplexity", "exact_match", "dp_epsilon"}
 
 
 def plot_groups(groups: dict[str, list[Run]], labels: dict[str, str], out: Path) -> list[Path]:
@@ -209,6 +214,8 @@ def plot_groups(groups: dict[str, list[Run]], labels: dict[str, str], out: Path)
 
     written = []
     for filename, x, y, ylabel in PLOTS:
+        if y in OPTIONAL and not any(r.rounds[y].notna().any() for runs in groups.values() for r in runs):
+            continue
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         for key, runs in groups.items():
             if runs[0].rounds[y].notna().sum() == 0:

@@ -12,6 +12,7 @@
     python jobs/experiments.py e2 ... [--keeps 0.25 0.5]   # issue 21: factor mode, with and without EF
     python jobs/experiments.py e3 ... --set ...            # issue 21: the paper's batch 8, 1 epoch
     python jobs/experiments.py e4 [--out runs/exp]         # issue 21: product errors on saved adapters
+    python jobs/experiments.py privacy ...  # issue 22: accuracy against epsilon (central DP)
     python jobs/experiments.py summarize FIG [--out runs/exp]   # tables/plots only (budget: no runs)
 
 e0-e3 share one --out: their summary (FIG e) is one protocol x method table of all of them. e4
@@ -536,10 +537,135 @@ def summarize_e4(out: Path) -> list[str]:
     return [*lines, ""]
 
 
+# ---- issue 22: the privacy-utility curve (docs/algorithms.md §14)
+
+PRIV_SCHEMES = ["ilora", "soft", "ffa", "fslora"]
+PRIV_LABEL = {"ilora": "ILoRA (dense)", "soft": "SOFT, keep 0.1", "ffa": "FFA-LoRA (A frozen)", "fslora": "FSLoRA"}
+
+
+def _priv_key(run: Run) -> tuple[str, float, str]:
+    """(scheme, target epsilon (inf: no privacy), sampling kind) of a privacy.yaml run."""
+    c = run.config
+    kind = c["algorithm"]["kind"]
+    scheme = kind if kind in ("ffa", "fslora") else ("soft" if c["compression"]["method"] == "soft" else "ilora")
+    eps = float("inf") if c["privacy"]["kind"] == "none" else float(c["privacy"]["target_epsilon"])
+    return scheme, eps, str(c["sampling"]["kind"])
+
+
+def _eps_text(eps: float) -> str:
+    return "none" if not np.isfinite(eps) else f"{eps:g}"
+
+
+def summarize_privacy(out: Path) -> list[str]:
+    """Accuracy against the target epsilon (central DP, sigma solved for the run's rounds) per
+    scheme, and independent against uniform sampling; mean ± std over seeds."""
+    import json
+
+    plt = _plot()
+    runs = _runs(out, "privacy-")
+    groups: dict[tuple[str, float, str], list[Run]] = {}
+    for r in runs:
+        groups.setdefault(_priv_key(r), []).append(r)
+    first = runs[0].config
+    lines = ["## Issue 22: the privacy-utility curve (central DP)", "",
+             f"{first['model']['name']}, {first['data']['dataset']}, {first['federation']['rounds']} rounds, "
+             f"{first['federation']['clients_per_round']} of {first['federation']['num_clients']} clients per round, "
+             f"clip C = {first['privacy']['clip_norm']:g}, delta = {first['privacy']['delta']:g}, RDP accountant; "
+             "sigma solved for the target epsilon over the whole run. Mean ± std over seeds of the final test "
+             "accuracy and of the mean of the last three evaluations; 'clipped': the share of contributions "
+             "scaled down to C. A '*' marks a cell with a run that ended before its horizon.", "",
+             "| scheme | sampling | target epsilon | noise multiplier sigma | epsilon spent | seeds "
+             "| final accuracy | last-3 accuracy | clipped |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+
+    def sigma(r: Run) -> float:
+        return float(json.loads((r.path / "summary.json").read_text()).get("dp_noise_multiplier") or 0.0)
+
+    order = sorted(groups, key=lambda k: (k[2] != "uniform", PRIV_SCHEMES.index(k[0]), -k[1]))
+    for key in order:
+        g = groups[key]
+        scheme, eps, sampling = key
+        private = np.isfinite(eps)
+        spent = f"{np.mean([float(x.rounds['dp_epsilon'].iloc[-1]) for x in g]):.3f}" if private else "-"
+        clipped = (
+            f"{np.mean([x.rounds['dp_clipped'].sum() / max(1, x.rounds['sampled'].sum()) for x in g]):.2f}"
+            if private else "-"
+        )  # fmt: skip
+        star = "*" if any(_short(x) for x in g) else ""
+        lines.append(
+            f"| {PRIV_LABEL[scheme]} | {sampling} | {_eps_text(eps)} | "
+            f"{np.mean([sigma(x) for x in g]):.4g} | {spent} | {len(g)} | "
+            f"{_fmt([final_value(x, 'test_accuracy') for x in g])}{star} | {_fmt([_tail_accuracy(x) for x in g])}{star} | "  # noqa: E501
+            f"{clipped} |" if private else
+            f"| {PRIV_LABEL[scheme]} | {sampling} | none | - | - | {len(g)} | "
+            f"{_fmt([final_value(x, 'test_accuracy') for x in g])}{star} | {_fmt([_tail_accuracy(x) for x in g])}{star} | - |"  # noqa: E501
+        )  # fmt: skip
+    # the matrix and the order at each epsilon (uniform sampling)
+    epsilons = sorted({k[1] for k in groups if k[2] == "uniform"})
+    lines += ["", "Last-3 accuracy, scheme x target epsilon (uniform sampling; n = seeds):", "",
+              "| scheme | " + " | ".join(_eps_text(e) for e in epsilons) + " |",
+              "|---|" + "---|" * len(epsilons)]  # fmt: skip
+    for scheme in PRIV_SCHEMES:
+        cells = []
+        for e in epsilons:
+            g = groups.get((scheme, e, "uniform"), [])
+            cells.append(f"{_fmt([_tail_accuracy(x) for x in g])} (n={len(g)})" if g else "")
+        lines.append(f"| {PRIV_LABEL[scheme]} | " + " | ".join(cells) + " |")
+    lines += ["", "Order by mean last-3 accuracy at each epsilon ('≈': the gap is within the larger "
+              "standard deviation of the two, a tie; '>': beyond it):", ""]  # fmt: skip
+    for e in epsilons:
+        cells = {s: [_tail_accuracy(x) for x in groups[(s, e, "uniform")]]
+                 for s in PRIV_SCHEMES if (s, e, "uniform") in groups}  # fmt: skip
+        ranked = sorted(cells, key=lambda m: -np.mean(cells[m]))
+        text = f"{PRIV_LABEL[ranked[0]]} {np.mean(cells[ranked[0]]):.3f}"
+        for a, b in zip(ranked, ranked[1:]):
+            gap = np.mean(cells[a]) - np.mean(cells[b])
+            sign = ">" if gap > max(np.std(cells[a]), np.std(cells[b])) else "≈"
+            text += f" {sign} {PRIV_LABEL[b]} {np.mean(cells[b]):.3f}"
+        lines.append(f"- epsilon {_eps_text(e)}: {text}")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    finite = [e for e in epsilons if np.isfinite(e)] or [1.0]
+    x_none = 2 * max(finite)  # no privacy, drawn to the right of the largest epsilon
+
+    def xpos(e: float) -> float:
+        return e if np.isfinite(e) else x_none
+
+    for scheme in PRIV_SCHEMES:
+        for sampling, style in (("uniform", "-o"), ("independent", "--s")):
+            keys = sorted(k for k in groups if k[0] == scheme and k[2] == sampling)
+            if not keys:
+                continue
+            accs = [[_tail_accuracy(x) for x in groups[k]] for k in keys]
+            label = PRIV_LABEL[scheme] + ("" if sampling == "uniform" else ", independent sampling")
+            axes[0].errorbar([xpos(k[1]) for k in keys], [np.mean(a) for a in accs], yerr=[np.std(a) for a in accs],
+                             fmt=style, capsize=3, label=label)  # fmt: skip
+    axes[0].set_xscale("log", base=2)
+    ticks = [*finite, x_none]
+    axes[0].set_xticks(ticks, [f"{t:g}" for t in finite] + ["none"])
+    axes[0].set_xlabel("target epsilon (delta 1e-5, whole run)")
+    axes[0].set_ylabel("last-3 test accuracy")
+    axes[0].legend(fontsize=8)
+    smallest = min(finite)
+    for scheme in PRIV_SCHEMES:
+        for e, style in ((smallest, "-"), (float("inf"), ":")):
+            g = groups.get((scheme, e, "uniform"), [])
+            if g:
+                xs, mean, _ = mean_curve(g, "round", "test_accuracy")
+                axes[1].plot(xs, mean, style, label=f"{PRIV_LABEL[scheme]}, epsilon {_eps_text(e)}")
+    axes[1].set_xlabel("round")
+    axes[1].set_ylabel("test accuracy (mean over seeds)")
+    axes[1].legend(fontsize=7)
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, DOCS / f"{_stem('privacy_accuracy')}.png")
+    return [*lines, "", f"![accuracy against epsilon]({_stem('privacy_accuracy')}.png)", ""]
+
+
 SUMMARIES = {
     "fig3": summarize_fig3, "fig4": summarize_fig4, "fig56": summarize_fig56, "fig3c": summarize_fig3c,
     "vtradeoff": summarize_vtradeoff, "budget": summarize_budget, "wallclock": summarize_wallclock,
-    "e": summarize_e, "e4": summarize_e4,
+    "e": summarize_e, "e4": summarize_e4, "privacy": summarize_privacy,
 }  # fmt: skip
 
 
@@ -552,7 +678,7 @@ def summarize(fig: str, out: Path) -> Path:
     return path
 
 
-FIGURES = ["fig3", "fig3v", "fig4", "fig56", "fig3c", "vtradeoff", "wallclock", "e0", "e1", "e2", "e3"]
+FIGURES = ["fig3", "fig3v", "fig4", "fig56", "fig3c", "vtradeoff", "wallclock", "e0", "e1", "e2", "e3", "privacy"]
 
 
 def main() -> None:

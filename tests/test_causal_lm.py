@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -237,6 +238,7 @@ def test_soft_run_resumed_equals_one_in_one_go(tmp_path: Path):
     cfg = lm_config(
         tmp_path, "model.tiny_arch=gpt2", "compression.method=soft", "compression.keep_ratio=0.3",
         "checkpoint.every=1", "federation.num_clients=3", "federation.clients_per_round=2",
+        "federation.generate_every=1",  # an extended run keeps its earlier last round's answers
     )  # fmt: skip
     run_serial(load_run_config(None, base=cfg.to_dict(), overrides=["federation.rounds=2"]), tmp_path / "a")
     resume_serial(tmp_path / "a", ["federation.rounds=3"])
@@ -321,3 +323,46 @@ def test_smollm2_loads_from_its_gguf_and_answers():
     prompt = enc.tok(enc.prompt_text((("user", "What is the capital of France?"),)), add_special_tokens=False)
     answer = enc.tok.decode(model.generate([prompt["input_ids"]], enc.tok.pad_token_id, 8)[0])
     assert "Paris" in answer, answer
+
+
+def test_generations_are_written_with_exact_match_and_perplexity_is_logged(tmp_path: Path):
+    """The run's last round writes federation.generations greedy answers to generations.jsonl;
+    its exact_match is their share equal to the reference, its test_perplexity exp(test_loss);
+    the actors' shares of the prompts give the same answers as one worker."""
+    cfg = lm_config(tmp_path, "federation.generations=5", "federation.generation_tokens=6")
+    run_serial(cfg, tmp_path / "run")
+    rounds = pd.read_parquet(tmp_path / "run" / "rounds.parquet")
+    lines = [json.loads(x) for x in (tmp_path / "run" / "generations.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in lines] == [2] * 5 and [r["index"] for r in lines] == list(range(5))
+    assert rounds["exact_match"].isna().tolist() == [True, False]
+    assert rounds["exact_match"].iloc[-1] == sum(r["exact_match"] for r in lines) / 5
+    assert rounds["test_perplexity"].iloc[-1] == pytest.approx(math.exp(rounds["test_loss"].iloc[-1]))
+    assert all(r["reference"] and isinstance(r["answer"], str) for r in lines)
+    trainer = ClientTrainer(cfg)
+    adapter = trainer.initial_adapter()
+    whole = trainer.generate(adapter)
+    halves = sorted(
+        trainer.generate(adapter, 0, 2) + trainer.generate(adapter, 1, 2), key=lambda r: r["index"]
+    )
+    assert whole == halves and len(whole) == 5
+
+
+def test_exact_match_ignores_case_spacing_and_a_final_full_stop():
+    from fedlora_ray.tasks.causal_lm import _normalised
+
+    assert _normalised("The  Capital of France is Paris.") == _normalised("the capital of france is paris")
+    assert _normalised("Paris") != _normalised("Lyon")
+
+
+@pytest.mark.ray
+def test_generations_on_ray_equal_the_serial_ones(ray_session, tmp_path: Path):
+    from actors.launch import run_on_ray
+
+    cfg = lm_config(tmp_path, "federation.generations=4", "federation.generation_tokens=5")
+    run_serial(cfg, tmp_path / "serial")
+    ray_cfg = load_run_config(
+        None, base=cfg.to_dict(), overrides=["runtime.backend=ray", "runtime.num_actors=2"]
+    )
+    run_on_ray(ray_cfg, tmp_path / "ray")
+    serial = (tmp_path / "serial" / "generations.jsonl").read_text()
+    assert (tmp_path / "ray" / "generations.jsonl").read_text() == serial and serial.count("\n") == 4

@@ -27,6 +27,11 @@ class Backend(Protocol):
         """Loss and accuracy of ``global_adapter`` on the whole test split."""
         ...
 
+    def generate(self, global_adapter: Adapter) -> list[dict[str, Any]]:
+        """Greedy answers of ``global_adapter`` to the first ``federation.generations`` held-out
+        prompts, in prompt order ([] for a classifier)."""
+        ...
+
     def describe(self) -> list[dict[str, Any]]:
         """One entry per worker: its id, device and peak memory (goes into summary.json)."""
         ...

@@ -160,6 +160,8 @@ def round_row(
         "diverged": False,
         "dp_epsilon": None,
         "dp_clipped": None,
+        "test_perplexity": None,
+        "exact_match": None,
         "round_seconds": None,  # the wall clock, filled in once the round's work is done
     }
 

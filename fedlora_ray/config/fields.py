@@ -224,6 +224,17 @@ class FederationConfig:
     weight_decay: float = fld(0.01, "AdamW weight decay.", ge=0)
     eval_every: int = fld(1, "Evaluate the global model on the test split every this many rounds.", ge=1)  # noqa: E501
     eval_batch_size: int = fld(128, "Batch size for evaluation.", ge=1)
+    generations: int = fld(
+        8,
+        "causal_lm: after the last round (and every generate_every rounds), greedy answers of the "
+        "global adapter to this many held-out prompts go to RUN_DIR/generations.jsonl, with exact "
+        "match against the reference (column exact_match) [docs/algorithms.md §13]; 0: none.",
+        ge=0,
+    )
+    generation_tokens: int = fld(48, "causal_lm: at most this many new tokens per generated answer.", ge=1)
+    generate_every: int = fld(
+        0, "causal_lm: also generate every this many rounds (0: after the last round only).", ge=0
+    )
     mc_scoring: str = fld(
         "mean",
         "causal_lm multiple choice: pick the choice of highest 'mean' log-likelihood per response "

@@ -5,6 +5,7 @@ logging callbacks write them."""
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -15,11 +16,13 @@ import torch
 
 from fedlora_ray.algorithm.backend import Backend
 from fedlora_ray.algorithm.state import RunContext, RunState
+from fedlora_ray.atomic_write import write_bytes
 from fedlora_ray.config import RunConfig
 from fedlora_ray.engine.checkpoint_state import save_state
 from fedlora_ray.run_errors import DivergenceError
 from fedlora_ray.rundir import RunLog
 from fedlora_ray.rundir.checkpoint import checkpoint_rounds
+from fedlora_ray.tasks import MODELS
 
 
 class RunView(Protocol):
@@ -69,6 +72,40 @@ class Evaluate(Callback):
         start = time.perf_counter()
         ev = run.backend.evaluate(state.adapter)
         row["test_accuracy"], row["test_loss"] = ev.accuracy, ev.loss
+        if ev.loss is not None and MODELS[run.cfg.model.name].modality == "instructions":
+            # a causal LM's test loss is the token-weighted NLL of held-out responses (§13)
+            row["test_perplexity"] = math.exp(ev.loss) if ev.loss < 700 else math.inf
+        spent = time.perf_counter() - start
+        row["round_seconds"] += spent
+        row["elapsed_seconds"] += spent
+
+
+class Generate(Callback):
+    """Causal LMs: greedy answers to ``federation.generations`` held-out prompts after the last
+    round (and every ``federation.generate_every``), appended to RUN_DIR/generations.jsonl; the
+    round's ``exact_match`` is the share equal to their references [docs/algorithms.md §13]."""
+
+    FILE = "generations.jsonl"
+
+    def on_round_end(self, run, state, row, client_rows):  # type: ignore[no-untyped-def]
+        fed = run.cfg.federation
+        due = state.round == fed.rounds or (fed.generate_every and state.round % fed.generate_every == 0)
+        if not due or fed.generations == 0:
+            return
+        start = time.perf_counter()
+        rows = run.backend.generate(state.adapter)
+        if not rows:  # a classifier
+            return
+        row["exact_match"] = sum(r["exact_match"] for r in rows) / len(rows)
+        if run.log is not None:
+            path = run.log.dir / self.FILE
+            # a resumed run redoes the rounds after its checkpoint: their earlier lines go
+            kept = [
+                line for line in (path.read_text().splitlines() if path.is_file() else [])
+                if json.loads(line)["round"] < state.round
+            ]  # fmt: skip
+            new = [json.dumps({"round": state.round, **r}, sort_keys=True) for r in rows]
+            write_bytes(path, ("\n".join(kept + new) + "\n").encode())
         spent = time.perf_counter() - start
         row["round_seconds"] += spent
         row["elapsed_seconds"] += spent

@@ -27,6 +27,7 @@ from fedlora_ray.engine.callbacks import (
     Checkpoint,
     DivergenceGuard,
     Evaluate,
+    Generate,
     ParquetLog,
     Progress,
     describe_plan,
@@ -113,7 +114,13 @@ class FederatedRun:
             else:
                 self.log.write_profile(self.client_profile())
         self.history: list[dict[str, Any]] = self.log.rows("rounds") if self.log else []
-        self.callbacks: list[Callback] = [Evaluate(), DivergenceGuard(), ParquetLog(), Checkpoint()]
+        self.callbacks: list[Callback] = [
+            Evaluate(),
+            Generate(),
+            DivergenceGuard(),
+            ParquetLog(),
+            Checkpoint(),
+        ]
         if write:
             self.callbacks.append(Progress(write))
         self.callbacks += list(callbacks)

@@ -40,6 +40,9 @@ class SerialBackend:
     def evaluate(self, global_adapter: Adapter) -> EvalResult:
         return self.trainer.evaluate(global_adapter)
 
+    def generate(self, global_adapter: Adapter) -> list[dict[str, Any]]:
+        return self.trainer.generate(global_adapter)
+
     def describe(self) -> list[dict[str, Any]]:
         return [self.trainer.describe()]
 

@@ -64,6 +64,7 @@ class ClientTrainer:
         family = model_family(cfg.model.name)
         self.train_data = family.prepare(cfg.model, train, self.device)  # once per actor, for all clients
         self.test_data = family.prepare(cfg.model, test, self.device)
+        self._family, self._test_split, self._tokenizer = family, test, None
         self.model = family.build(cfg.model, len(train.label_names), cfg.federation.seed).to(self.device)
         self._initial = get_adapter(self.model)
         self._lora_params = lora_parameters(self.model)
@@ -219,6 +220,24 @@ class ClientTrainer:
         head = {k: v + next(it) for k, v in global_adapter.head.items()}
         lora = {m: (g[0] + delta[m][0], g[1] + delta[m][1]) for m, g in global_adapter.lora.items()}
         return delta, Adapter(lora, head)
+
+    def generate(self, global_adapter: Adapter, part: int = 0, parts: int = 1) -> list[dict[str, Any]]:
+        """Greedy answers of ``global_adapter`` to the first ``federation.generations`` held-out
+        prompts, this worker's share (prompt i goes to part i mod parts); [] for a model family
+        that does not generate (a classifier)."""
+        make = getattr(self._family, "generations", None)
+        count = min(self.cfg.federation.generations, len(self._test_split.examples))
+        if make is None or count == 0:
+            return []
+        if self._tokenizer is None:  # loaded once: a GGUF tokenizer takes seconds
+            self._tokenizer = self._family.load_tokenizer(self.cfg.model)  # type: ignore[attr-defined]
+        set_adapter(self.model, global_adapter)
+        indices = list(range(part, count, parts))
+        rows: list[dict[str, Any]] = make(
+            self.model, self._tokenizer, self.cfg.model, self._test_split, indices,
+            self.cfg.federation.generation_tokens,
+        )  # fmt: skip
+        return rows
 
     def evaluate(self, global_adapter: Adapter, part: int = 0, parts: int = 1) -> EvalResult:
         """Evaluate the ``part``-th of ``parts`` shares of the test split's batches, so that a pool

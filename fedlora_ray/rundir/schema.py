@@ -47,6 +47,10 @@ ROUNDS_SCHEMA = pa.schema(
         # and the uploads clipped to privacy.clip_norm (central); null without privacy
         pa.field("dp_epsilon", pa.float64()),
         pa.field("dp_clipped", pa.int32()),
+        # causal LMs (docs/algorithms.md §13): exp(test_loss), the token-weighted perplexity of the
+        # held-out responses; and the share of generated answers equal to their reference
+        pa.field("test_perplexity", pa.float64()),
+        pa.field("exact_match", pa.float64()),
     ]
 )
 

@@ -352,6 +352,11 @@ class Encoder:
         )
 
 
+def _normalised(text: str) -> str:
+    """Lower case, single spaces, no trailing full stop: what exact match compares."""
+    return " ".join(text.lower().split()).rstrip(".")
+
+
 def pad_id(tokenizer: Any) -> int:
     """The pad token, or EOS for tokenizers without one (padding never reaches a loss)."""
     value = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -504,6 +509,30 @@ class CausalLMFamily(ModelFamily):
         training cuts batches from the examples' rows only."""
         data: InstructionSet = split.examples
         return held_out(Encoder(self.load_tokenizer(cfg), cfg), data)
+
+    def generations(
+        self, model: nn.Module, tokenizer: Any, cfg: ModelConfig, split: Split, indices: list[int],
+        max_new_tokens: int,
+    ) -> list[dict[str, Any]]:  # fmt: skip
+        """Greedy answers to held-out examples ``indices`` (their prompts as training writes
+        them), each with its reference and whether the two match once whitespace and case are
+        normalised [docs/algorithms.md §13]."""
+        data: InstructionSet = split.examples
+        encoder = Encoder(tokenizer, cfg)
+        examples = [data.examples[i] for i in indices]
+        texts = [encoder.prompt_text(e.prompt) for e in examples]
+        prompts = [list(p) for p in tokenizer(texts, add_special_tokens=not encoder.chat)["input_ids"]]
+        model.eval()
+        with torch.no_grad():
+            outputs = model.generate(prompts, pad_id(tokenizer), max_new_tokens)  # type: ignore[operator]
+        rows = []
+        for i, e, out in zip(indices, examples, outputs):
+            answer = str(tokenizer.decode(out, skip_special_tokens=True)).strip()
+            rows.append({
+                "index": i, "prompt": e.prompt[-1][1], "reference": e.response, "answer": answer,
+                "exact_match": _normalised(answer) == _normalised(e.response),
+            })  # fmt: skip
+        return rows
 
     def linear_modules(self, cfg: ModelConfig) -> dict[str, tuple[int, int]]:
         """Linear layers and GPT-2's Conv1D (weight stored (in, out)), from a weightless copy on
