@@ -24,6 +24,7 @@ from fedlora_ray.preflight import check_model
 from fedlora_ray.tasks import model_family
 from fedlora_ray.tasks.base import targets
 from fedlora_ray.tasks.causal_lm import IGNORE, SMOLLM2_PACKAGE, TARGETS
+from tests.conftest import ROOT
 from tests.resume_helpers import assert_same_run
 from tests.test_batched import RTOL, STATE_RTOL, compare_passes
 
@@ -366,3 +367,33 @@ def test_generations_on_ray_equal_the_serial_ones(ray_session, tmp_path: Path):
     run_on_ray(ray_cfg, tmp_path / "ray")
     serial = (tmp_path / "serial" / "generations.jsonl").read_text()
     assert (tmp_path / "ray" / "generations.jsonl").read_text() == serial and serial.count("\n") == 4
+
+
+@pytest.mark.parametrize("name", ["llama3_8b", "qwen2.5_7b", "mistral_7b"])
+def test_flowertune_configs_load_and_refuse_a_4bit_base_without_a_gpu(name: str):
+    path = ROOT / "jobs" / "configs" / "llm" / f"flowertune_general_nlp_{name}.yaml"
+    cfg = load_run_config(str(path))
+    assert (cfg.federation.num_clients, cfg.federation.clients_per_round, cfg.federation.rounds) == (
+        20,
+        2,
+        200,
+    )
+    assert (cfg.model.lora_rank, cfg.model.lora_alpha, cfg.model.max_length) == (32, 64, 512)
+    assert cfg.model.load_in_4bit and cfg.runtime.num_gpus_per_actor == 1
+    with pytest.raises(ConfigError, match="'model.load_in_4bit' = True: .*no GPU"):
+        load_run_config(str(path), ["runtime.num_gpus_per_actor=0"])
+
+
+def test_control_prices_a_round_of_llama_8b_from_its_architecture_alone():
+    """Dense LoRA r=32 on q/k/v/o of Llama-3.1-8B: 32 layers x 32 x (2 x (4096 + 4096) + 2 x
+    (4096 + 1024)) values a client, 32 bits each, 2 clients a round; no weights load."""
+    from fedlora_ray.control.controller_only import simulate_control
+
+    cfg = load_run_config(
+        str(ROOT / "jobs" / "configs" / "llm" / "flowertune_general_nlp_llama3_8b.yaml"),
+        [f"model.weights={ROOT / 'jobs' / 'configs' / 'llm' / 'arch' / 'llama-3.1-8b'}",
+         "data.dataset=wordnet_define"],
+    )  # fmt: skip
+    rounds = simulate_control(cfg, 3).rounds
+    per_client = 32 * 32 * (2 * (4096 + 4096) + 2 * (4096 + 1024))
+    assert rounds["uplink_bits"].tolist() == [2 * per_client * 32] * 3

@@ -100,6 +100,12 @@ class ModelConfig:
         "causal_lm: LoRA on the MLP projections too (Llama, Qwen2, Mistral, Gemma: gate_proj, "
         "up_proj, down_proj; GPT-2: mlp.c_fc, mlp.c_proj) [docs/algorithms.md §13].",
     )
+    load_in_4bit: bool = fld(
+        False,
+        "causal_lm: load the frozen base in 4 bits (NF4, bf16 compute) with bitsandbytes, as QLoRA "
+        "does; needs the bitsandbytes package and a CUDA GPU, and is refused elsewhere. The LoRA "
+        "factors stay float32 [docs/algorithms.md §13].",
+    )
     gradient_checkpointing: bool = fld(
         False,
         "causal_lm: recompute each decoder layer's activations in the backward pass instead of "

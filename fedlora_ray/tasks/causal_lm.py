@@ -494,6 +494,8 @@ class CausalLMFamily(ModelFamily):
         if self.tiny:
             torch.manual_seed(seed)
             base = AutoModelForCausalLM.from_config(config)
+        elif cfg.load_in_4bit:
+            base = _load(cfg, AutoModelForCausalLM.from_pretrained, quantization_config=four_bit())
         else:
             base = _load(cfg, AutoModelForCausalLM.from_pretrained, dtype=torch.float32)
         base.config.use_cache = False
@@ -553,6 +555,27 @@ class CausalLMFamily(ModelFamily):
 
 
 @functools.lru_cache(maxsize=4)
+def four_bit() -> Any:
+    """bitsandbytes' NF4 quantization with bf16 compute (QLoRA's); ConfigError naming
+    model.load_in_4bit where bitsandbytes or a CUDA GPU is missing, before any weight loads."""
+    missing = []
+    if importlib.util.find_spec("bitsandbytes") is None:
+        missing.append("the bitsandbytes package is not installed")
+    if not torch.cuda.is_available():
+        missing.append("this process has no CUDA GPU (runtime.num_gpus_per_actor = 0, or none on the node)")
+    if missing:
+        raise ConfigError(
+            "config field 'model.load_in_4bit' = True: 4-bit bases need bitsandbytes and a CUDA GPU, but "
+            + " and ".join(missing)
+            + "; set model.load_in_4bit=false to train the float32 base"
+        )
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
+    )
+
+
 def _pretrained_config(cfg: ModelConfig) -> Any:
     quiet()
     from transformers import AutoConfig

@@ -23,6 +23,24 @@ def validate(cfg: RunConfig) -> None:
             f"cross-entropy; it does not take model.name = {model.name!r} yet (set controller.sigma_beta "
             "by hand)"
         )
+    rt = cfg.runtime
+    no_gpu = (rt.backend == "ray" and rt.num_gpus_per_actor == 0) or (
+        rt.backend == "serial" and rt.device == "cpu"
+    )
+    if model.load_in_4bit and (
+        no_gpu or model.gguf_file or model.weights.endswith(".gguf") or not model.weights
+    ):
+        why = (
+            "a GGUF base is dequantized to float32 (give a hub id or a folder of safetensors weights)"
+            if model.gguf_file or model.weights.endswith(".gguf") or not model.weights
+            else "the client actors get no GPU (runtime.num_gpus_per_actor = 0)"
+            if rt.backend == "ray"
+            else "the serial backend runs on the CPU (runtime.device = 'cpu')"
+        )
+        raise ConfigError(
+            f"config field 'model.load_in_4bit' = True: 4-bit bases need bitsandbytes and a CUDA GPU; {why}. "
+            "Set model.load_in_4bit=false to train the float32 base"
+        )
     if model.gradient_checkpointing and cfg.runtime.clients_per_pass > 1 and model.lora_dropout > 0:
         # the backward recomputes each layer's forward, and a client's own dropout stream
         # (docs/algorithms.md §12) would draw new masks there; torch restores only its global one
