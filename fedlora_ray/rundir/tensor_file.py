@@ -205,7 +205,13 @@ def decode_tensor_file(data: bytes, kind: str, types: Mapping[str, type] | None 
         if _digest(meta["tree"], tensors) != meta.get("sha256"):
             raise ValueError("checksum mismatch: its content changed after it was written")
         return _Decoder(tensors, types).decode(json.loads(meta["tree"]))
-    except (KeyError, TypeError) as err:  # whole, yet not what this version writes
+    except (
+        KeyError,
+        TypeError,
+        IndexError,
+        AttributeError,
+        RuntimeError,
+    ) as err:  # not this version's layout
         raise ValueError(f"its content does not match this version's layout ({err!r})") from None
 
 
