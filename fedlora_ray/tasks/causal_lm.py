@@ -23,7 +23,9 @@ its response tokens and their count; the language-model head runs on those posit
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedlora_ray.atomic_write import atomic_path
 from fedlora_ray.config import ConfigError, ModelConfig
 from fedlora_ray.data.instructions import Instruction, InstructionSet
 from fedlora_ray.tasks.base import ModelFamily, Split, error_reason
@@ -97,10 +100,54 @@ def source(cfg: ModelConfig) -> tuple[str, str | None]:
     return cfg.weights, cfg.gguf_file or None
 
 
-def _load(cfg: ModelConfig, load: Any, **kwargs: Any) -> Any:
-    """``load(folder or id, gguf_file=..., **kwargs)``, a failure turned into a ConfigError on
-    ``model.weights`` without the hub's traceback."""
+def gguf_cache(cfg: ModelConfig, part: str) -> Path | None:
+    """Where a local GGUF base's ``part`` ('model' or 'tokenizer') is kept once converted to
+    transformers' own files (safetensors), or None (no GGUF, a hub GGUF, or model.gguf_cache
+    off). Keyed by the file's path, size and modification time and the transformers version:
+    parsing and dequantizing the GGUF takes tens of seconds, reading the conversion about one
+    [ours; docs/algorithms.md §13]. The values are the same: the conversion is what the GGUF
+    load produced, saved in float32."""
     where, gguf = source(cfg)
+    file = Path(where) / gguf if gguf else None
+    if not cfg.gguf_cache or file is None or not file.is_file():
+        return None
+    import transformers
+
+    st = file.stat()
+    key = f"{file.resolve()}|{st.st_size}|{st.st_mtime_ns}|{transformers.__version__}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:20]
+    return Path(cfg.feature_cache_dir).expanduser() / f"gguf-{digest}" / part
+
+
+def _save_conversion(folder: Path | None, obj: Any) -> None:
+    """A tokenizer's ``save_pretrained``, or a model's config and float32 weights (transformers
+    refuses ``save_pretrained`` on a model read from GGUF), into ``folder``, whole or not at
+    all; a failure (a full or read-only disk) only costs the next start the GGUF parse again."""
+    if folder is None or folder.is_dir():
+        return
+    try:
+        with atomic_path(folder, folder=True, durable=False) as tmp:
+            if isinstance(obj, nn.Module):
+                from safetensors.torch import save_model
+
+                config = obj.config.to_dict()  # type: ignore[operator]
+                config.pop("quantization_config", None)  # the weights here are plain float32
+                (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+                save_model(obj, str(tmp / "model.safetensors"))  # shares tied weights once
+            else:
+                obj.save_pretrained(tmp)
+    except (OSError, ValueError, RuntimeError):
+        pass
+
+
+def _load(cfg: ModelConfig, load: Any, part: str = "model", **kwargs: Any) -> Any:
+    """``load(folder or id, gguf_file=..., **kwargs)`` (a local GGUF's conversion when it is
+    cached, ``gguf_cache``), a failure turned into a ConfigError on ``model.weights`` without
+    the hub's traceback."""
+    where, gguf = source(cfg)
+    cached = gguf_cache(cfg, part)
+    if cached is not None and cached.is_dir():
+        where, gguf = str(cached), None
     extra = {"gguf_file": gguf} if gguf else {}
     try:
         with _no_progress_bars():
@@ -498,6 +545,7 @@ class CausalLMFamily(ModelFamily):
             base = _load(cfg, AutoModelForCausalLM.from_pretrained, quantization_config=four_bit())
         else:
             base = _load(cfg, AutoModelForCausalLM.from_pretrained, dtype=torch.float32)
+            _save_conversion(gguf_cache(cfg, "model"), base)
         base.config.use_cache = False
         if cfg.gradient_checkpointing:
             # non-reentrant: the frozen embeddings' output needs no grad for the LoRA inside to get one
@@ -588,4 +636,6 @@ def _pretrained_tokenizer(cfg: ModelConfig) -> Any:
     quiet()
     from transformers import AutoTokenizer
 
-    return _load(cfg, AutoTokenizer.from_pretrained)
+    tokenizer = _load(cfg, AutoTokenizer.from_pretrained, part="tokenizer")
+    _save_conversion(gguf_cache(cfg, "tokenizer"), tokenizer)
+    return tokenizer
