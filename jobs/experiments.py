@@ -540,14 +540,21 @@ def summarize_e4(out: Path) -> list[str]:
 # ---- issue 22: the privacy-utility curve (docs/algorithms.md §14)
 
 PRIV_SCHEMES = ["ilora", "soft", "ffa", "fslora"]
-PRIV_LABEL = {"ilora": "ILoRA (dense)", "soft": "SOFT, keep 0.1", "ffa": "FFA-LoRA (A frozen)", "fslora": "FSLoRA"}
+PRIV_LABEL = {
+    "ilora": "ILoRA (dense)",
+    "soft": "SOFT, keep 0.1",
+    "ffa": "FFA-LoRA (A frozen)",
+    "fslora": "FSLoRA",
+}
 
 
 def _priv_key(run: Run) -> tuple[str, float, str]:
     """(scheme, target epsilon (inf: no privacy), sampling kind) of a privacy.yaml run."""
     c = run.config
     kind = c["algorithm"]["kind"]
-    scheme = kind if kind in ("ffa", "fslora") else ("soft" if c["compression"]["method"] == "soft" else "ilora")
+    scheme = (
+        kind if kind in ("ffa", "fslora") else ("soft" if c["compression"]["method"] == "soft" else "ilora")
+    )
     eps = float("inf") if c["privacy"]["kind"] == "none" else float(c["privacy"]["target_epsilon"])
     return scheme, eps, str(c["sampling"]["kind"])
 
@@ -566,14 +573,15 @@ def summarize_privacy(out: Path) -> list[str]:
     groups: dict[tuple[str, float, str], list[Run]] = {}
     for r in runs:
         groups.setdefault(_priv_key(r), []).append(r)
-    first = runs[0].config
+    cfg = runs[0].config
+    fed, priv = cfg["federation"], cfg["privacy"]
     lines = ["## Issue 22: the privacy-utility curve (central DP)", "",
-             f"{first['model']['name']}, {first['data']['dataset']}, {first['federation']['rounds']} rounds, "
-             f"{first['federation']['clients_per_round']} of {first['federation']['num_clients']} clients per round, "
-             f"clip C = {first['privacy']['clip_norm']:g}, delta = {first['privacy']['delta']:g}, RDP accountant; "
-             "sigma solved for the target epsilon over the whole run. Mean ± std over seeds of the final test "
-             "accuracy and of the mean of the last three evaluations; 'clipped': the share of contributions "
-             "scaled down to C. A '*' marks a cell with a run that ended before its horizon.", "",
+             f"{cfg['model']['name']}, {cfg['data']['dataset']}, {fed['rounds']} rounds, "
+             f"{fed['clients_per_round']} of {fed['num_clients']} clients per round, clip C = "
+             f"{priv['clip_norm']:g}, delta = {priv['delta']:g}, RDP accountant; sigma solved for the target "
+             "epsilon over the whole run. Mean ± std over seeds of the final test accuracy and of the mean "
+             "of the last three evaluations; 'clipped': the share of contributions scaled down to C. A '*' "
+             "marks a cell with a run that ended before its horizon.", "",
              "| scheme | sampling | target epsilon | noise multiplier sigma | epsilon spent | seeds "
              "| final accuracy | last-3 accuracy | clipped |",
              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -586,20 +594,19 @@ def summarize_privacy(out: Path) -> list[str]:
         g = groups[key]
         scheme, eps, sampling = key
         private = np.isfinite(eps)
-        spent = f"{np.mean([float(x.rounds['dp_epsilon'].iloc[-1]) for x in g]):.3f}" if private else "-"
-        clipped = (
-            f"{np.mean([x.rounds['dp_clipped'].sum() / max(1, x.rounds['sampled'].sum()) for x in g]):.2f}"
-            if private else "-"
-        )  # fmt: skip
+        spent = sig = clipped = "-"
+        if private:
+            spent = f"{np.mean([float(x.rounds['dp_epsilon'].iloc[-1]) for x in g]):.3f}"
+            sig = f"{np.mean([sigma(x) for x in g]):.4g}"
+            share = [x.rounds["dp_clipped"].sum() / max(1, x.rounds["sampled"].sum()) for x in g]
+            clipped = f"{np.mean(share):.2f}"
         star = "*" if any(_short(x) for x in g) else ""
+        final = _fmt([final_value(x, "test_accuracy") for x in g])
+        tail = _fmt([_tail_accuracy(x) for x in g])
         lines.append(
-            f"| {PRIV_LABEL[scheme]} | {sampling} | {_eps_text(eps)} | "
-            f"{np.mean([sigma(x) for x in g]):.4g} | {spent} | {len(g)} | "
-            f"{_fmt([final_value(x, 'test_accuracy') for x in g])}{star} | {_fmt([_tail_accuracy(x) for x in g])}{star} | "  # noqa: E501
-            f"{clipped} |" if private else
-            f"| {PRIV_LABEL[scheme]} | {sampling} | none | - | - | {len(g)} | "
-            f"{_fmt([final_value(x, 'test_accuracy') for x in g])}{star} | {_fmt([_tail_accuracy(x) for x in g])}{star} | - |"  # noqa: E501
-        )  # fmt: skip
+            f"| {PRIV_LABEL[scheme]} | {sampling} | {_eps_text(eps)} | {sig} | {spent} | {len(g)} | "
+            f"{final}{star} | {tail}{star} | {clipped} |"
+        )
     # the matrix and the order at each epsilon (uniform sampling)
     epsilons = sorted({k[1] for k in groups if k[2] == "uniform"})
     lines += ["", "Last-3 accuracy, scheme x target epsilon (uniform sampling; n = seeds):", "",
@@ -637,7 +644,8 @@ def summarize_privacy(out: Path) -> list[str]:
                 continue
             accs = [[_tail_accuracy(x) for x in groups[k]] for k in keys]
             label = PRIV_LABEL[scheme] + ("" if sampling == "uniform" else ", independent sampling")
-            axes[0].errorbar([xpos(k[1]) for k in keys], [np.mean(a) for a in accs], yerr=[np.std(a) for a in accs],
+            xs = [xpos(k[1]) for k in keys]
+            axes[0].errorbar(xs, [np.mean(a) for a in accs], yerr=[np.std(a) for a in accs],
                              fmt=style, capsize=3, label=label)  # fmt: skip
     axes[0].set_xscale("log", base=2)
     ticks = [*finite, x_none]
@@ -658,8 +666,9 @@ def summarize_privacy(out: Path) -> list[str]:
     for ax in axes:
         ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    save_figure(fig, DOCS / f"{_stem('privacy_accuracy')}.png")
-    return [*lines, "", f"![accuracy against epsilon]({_stem('privacy_accuracy')}.png)", ""]
+    png = f"privacy-{TAG}.png" if TAG else "privacy.png"
+    save_figure(fig, DOCS / png)
+    return [*lines, "", f"![accuracy against epsilon]({png})", ""]
 
 
 SUMMARIES = {
@@ -678,7 +687,8 @@ def summarize(fig: str, out: Path) -> Path:
     return path
 
 
-FIGURES = ["fig3", "fig3v", "fig4", "fig56", "fig3c", "vtradeoff", "wallclock", "e0", "e1", "e2", "e3", "privacy"]
+FIGURES = ["fig3", "fig3v", "fig4", "fig56", "fig3c", "vtradeoff", "wallclock", "e0", "e1", "e2", "e3"]
+FIGURES += ["privacy"]  # issue 22
 
 
 def main() -> None:
