@@ -349,6 +349,8 @@ def summarize_wallclock(out: Path) -> list[str]:
             axes[1].plot(acc["round"], acc["test_accuracy"], color=color, lw=1.1)
     axes[0].axhline(WALL_PRIMARY, color="k", ls="--", lw=0.8)
     axes[0].set_xlabel("simulated time (s)")
+    for ax in axes:
+        ax.axhline(0.1, color="k", ls="--", lw=0.8)  # chance on 10 classes
     axes[1].set_xlabel("round")
     axes[0].set_ylabel("test accuracy")
     axes[0].legend(fontsize=8)
@@ -653,13 +655,16 @@ def summarize_privacy(out: Path) -> list[str]:
     axes[0].set_xlabel("target epsilon (delta 1e-5, whole run)")
     axes[0].set_ylabel("last-3 test accuracy")
     axes[0].legend(fontsize=8)
-    smallest = min(finite)
+    # the curves at the smallest epsilon that most schemes reached, beside no privacy
+    smallest = min(finite, key=lambda e: (-sum((s, e, "uniform") in groups for s in PRIV_SCHEMES), e))
     for scheme in PRIV_SCHEMES:
         for e, style in ((smallest, "-"), (float("inf"), ":")):
             g = groups.get((scheme, e, "uniform"), [])
             if g:
                 xs, mean, _ = mean_curve(g, "round", "test_accuracy")
                 axes[1].plot(xs, mean, style, label=f"{PRIV_LABEL[scheme]}, epsilon {_eps_text(e)}")
+    for ax in axes:
+        ax.axhline(0.1, color="k", ls="--", lw=0.8)  # chance on 10 classes
     axes[1].set_xlabel("round")
     axes[1].set_ylabel("test accuracy (mean over seeds)")
     axes[1].legend(fontsize=7)

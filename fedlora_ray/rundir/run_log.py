@@ -79,10 +79,12 @@ def rows_digest(table: pa.Table) -> str:
         h.update(array.is_null().to_numpy(zero_copy_only=False).tobytes())
         if pa.types.is_boolean(array.type):
             array = array.cast(pa.int8())
-        if pa.types.is_integer(array.type) or pa.types.is_floating(array.type):
+        if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+            h.update("\0".join(array.fill_null("").to_pylist()).encode())
+        elif pa.types.is_integer(array.type) or pa.types.is_floating(array.type):
             # numbers (booleans as int8): nulls counted above, their slots as 0
             h.update(array.fill_null(pa.scalar(0).cast(array.type)).to_numpy(zero_copy_only=False).tobytes())
-        else:  # strings, and whatever type a damaged footer claims
+        else:  # no column of the schemas: only a damaged footer claims such a type
             h.update(repr(array.to_pylist()).encode())
     return h.hexdigest()
 

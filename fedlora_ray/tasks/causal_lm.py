@@ -130,7 +130,7 @@ def _save_conversion(folder: Path | None, obj: Any) -> None:
             if isinstance(obj, nn.Module):
                 from safetensors.torch import save_model
 
-                config = obj.config.to_dict()  # type: ignore[operator]
+                config = obj.config.to_dict()  # type: ignore[union-attr,operator]
                 config.pop("quantization_config", None)  # the weights here are plain float32
                 (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
                 save_model(obj, str(tmp / "model.safetensors"))  # shares tied weights once
