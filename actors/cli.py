@@ -22,7 +22,7 @@ from pathlib import Path
 from fedlora_ray.atomic_write import atomic_path
 from fedlora_ray.components import load_run_config, registered_names
 from fedlora_ray.config import ConfigError, RunConfig, help_table
-from fedlora_ray.storage import check_out, is_uri
+from fedlora_ray.storage import check_folder_out, check_no_file_on_path, check_out, is_uri
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,25 +72,13 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_local_out(out: Path, flag: str) -> None:
-    """A local output path whose own kind the caller checks: no file on its way (the first
-    existing ancestor must be a folder)."""
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ConfigError(f"{flag} {str(out)!r}: {str(parent)!r} is a file, not a folder")
-            break
-
-
 def run_command(cfg: RunConfig, out: Path | str) -> dict:
     # Everything the config, --out and the data can refuse is refused here, before Ray starts.
     check_out(str(out))
     if is_uri(str(out)):
         return _run_checked(cfg, str(out))  # the run pulls the URI's folder and refuses one with logs
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {str(out)!r} is an existing file; --out names the run's folder")
-    _check_local_out(out, "--out")
+    check_folder_out(out, "the run's folder")
     if (out / "rounds.parquet").exists():
         raise ConfigError(f"--out {str(out)!r} already holds a run's logs; choose another folder")
     return _run_checked(cfg, out)
@@ -265,7 +253,7 @@ def check_control_out(path: str, flag: str) -> None:
             f"{flag} {path!r} is a folder; {flag} names the Parquet file control writes "
             f"(e.g. {str(out / 'control.parquet')!r})"
         )
-    _check_local_out(out, flag)
+    check_no_file_on_path(out, flag)
     if out.exists() and not _written_by_control(out):
         raise ConfigError(
             f"{flag} {path!r} is an existing file that control did not write; it is left as it is. "

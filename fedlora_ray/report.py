@@ -20,7 +20,7 @@ import pandas as pd
 from fedlora_ray.atomic_write import atomic_path, write_bytes
 from fedlora_ray.config import ConfigError
 from fedlora_ray.rundir.run_log import has_logs, read_log
-from fedlora_ray.storage import read_json
+from fedlora_ray.storage import check_folder_out, read_json
 from fedlora_ray.sweep import RUNS_FILE
 
 
@@ -274,13 +274,7 @@ def check_report_out(out: str | Path) -> None:
     interrupted write). A report is rewritten in place; nothing else is ever overwritten
     [ours]."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {str(out)!r} is an existing file; --out names the report's folder")
-    for parent in out.parents:  # the first existing ancestor must be a folder
-        if parent.exists():
-            if not parent.is_dir():
-                raise ConfigError(f"--out {str(out)!r}: {str(parent)!r} is a file, not a folder")
-            break
+    check_folder_out(out, "the report's folder")
     if not out.is_dir():
         return
     own = {SUMMARY, *(name for name, *_ in PLOTS)}

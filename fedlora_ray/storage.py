@@ -57,6 +57,24 @@ def check_out(text: str, flag: str = "--out") -> None:
         )
 
 
+def check_no_file_on_path(out: Path, flag: str = "--out") -> None:
+    """Refuse a local output path with a file on its way: its first existing ancestor must be
+    a folder."""
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{flag} {str(out)!r}: {str(parent)!r} is a file, not a folder")
+            break
+
+
+def check_folder_out(out: Path, what: str, flag: str = "--out") -> None:
+    """Refuse a local output folder that is an existing file, or has a file on its way; ``what``
+    names the folder in the message ("the run's folder")."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{flag} {str(out)!r} is an existing file; {flag} names {what}")
+    check_no_file_on_path(out, flag)
+
+
 def _filesystem(uri: str) -> tuple[Any, str]:
     from pyarrow import fs
 

@@ -195,17 +195,10 @@ def check_sweep_root(root: str) -> None:
     file, a run's own folder, or a folder holding other things and no sweep (runs.parquet or
     sweep.json). A sweep root is reused as it is: finished runs are skipped, started ones resume,
     and another spec may add its runs beside them (fig3v.yaml joins fig3.yaml's root) [ours]."""
-    from fedlora_ray.storage import is_uri, list_names
+    from fedlora_ray.storage import check_folder_out, is_uri, list_names
 
     if not is_uri(root):
-        out = Path(root)
-        if out.exists() and not out.is_dir():
-            raise ConfigError(f"--out {root!r} is an existing file; --out names the sweep's root folder")
-        for parent in out.parents:  # the first existing ancestor must be a folder
-            if parent.exists():
-                if not parent.is_dir():
-                    raise ConfigError(f"--out {root!r}: {str(parent)!r} is a file, not a folder")
-                break
+        check_folder_out(Path(root), "the sweep's root folder")
     names = [n for n in list_names(root, "") if not n.startswith(".")]
     if not names or RUNS_FILE in names or "sweep.json" in names:
         return

@@ -24,13 +24,6 @@ class ServerOptState:
     v: list[torch.Tensor] = field(default_factory=list)
 
 
-def _rebuild(like: Adapter, flat: list[torch.Tensor]) -> Adapter:
-    it = iter(flat)
-    lora = {m: (next(it), next(it)) for m in like.lora}
-    head = {k: next(it) for k in like.head}
-    return Adapter(lora, head)
-
-
 def server_step(
     cfg: AlgorithmConfig, opt: ServerOptState, global_adapter: Adapter, update: Adapter
 ) -> tuple[Adapter, ServerOptState]:
@@ -38,7 +31,7 @@ def server_step(
     xs, us = global_adapter.tensors(), update.tensors()
     lr = cfg.server_lr
     if cfg.server_optimizer == "sgd":
-        return _rebuild(global_adapter, [x + lr * u for x, u in zip(xs, us)]), opt
+        return global_adapter.with_tensors([x + lr * u for x, u in zip(xs, us)]), opt
     m = opt.m or [torch.zeros_like(x) for x in xs]
     v = opt.v or [torch.zeros_like(x) for x in xs]
     steps = opt.steps + 1
@@ -53,4 +46,4 @@ def server_step(
         out.append(x - lr * m_hat / (v_hat.sqrt() + eps))
         new_m.append(mi)
         new_v.append(vi)
-    return _rebuild(global_adapter, out), ServerOptState(steps, new_m, new_v)
+    return global_adapter.with_tensors(out), ServerOptState(steps, new_m, new_v)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from fedlora_ray.config import ConfigError, DataConfig
-from fedlora_ray.data.wordnet import WORDNET_NOUN_CATEGORIES, clean_gloss
+from fedlora_ray.data.wordnet import WORDNET_NOUN_CATEGORIES, clean_gloss, split_by_category
 
 FIELDS = ("instruction", "input", "output", "messages")  # what data.columns may map
 ROLES = ("system", "user", "assistant")
@@ -341,20 +341,9 @@ def load_wordnet_define(cfg: DataConfig) -> tuple[InstructionSet, InstructionSet
     glosses. Every held-out word is also a question: its gloss among ``mc_choices`` glosses, the
     others drawn from the other held-out words (any category) with ``[split_seed, 0x3C]``."""
     names = tuple(cfg.categories[: cfg.num_categories])
-    words = read_noun_words(cfg.wordnet_dir)
-    rng = np.random.default_rng(cfg.split_seed)
-    train: list[tuple[str, str, int]] = []
-    test: list[tuple[str, str, int]] = []
-    for label, name in enumerate(names):
-        items = words.get(name, [])
-        if len(items) <= cfg.test_per_class:
-            raise ValueError(
-                f"category {name!r} has {len(items)} words, not more than data.test_per_class = "
-                f"{cfg.test_per_class}"
-            )
-        chosen = rng.permutation(len(items))[: cfg.per_class_cap]
-        for rank, i in enumerate(chosen):
-            (test if rank < cfg.test_per_class else train).append((*items[i], label))
+    train_items, test_items = split_by_category(read_noun_words(cfg.wordnet_dir), names, cfg, "words")
+    train = [(*item, label) for item, label in train_items]
+    test = [(*item, label) for item, label in test_items]
     if len(test) < cfg.mc_choices:
         raise ValueError(f"{len(test)} held-out words cannot fill data.mc_choices = {cfg.mc_choices} choices")
     draw = np.random.default_rng([cfg.split_seed, 0x3C])

@@ -10,12 +10,16 @@ from __future__ import annotations
 import functools
 import re
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from fedlora_ray.config import ConfigError, DataConfig, RunConfig
 from fedlora_ray.data.text import TextDataset
+
+T = TypeVar("T")
 
 WORDNET_NOUN_CATEGORIES = (
     "Tops", "act", "animal", "artifact", "attribute", "body", "cognition", "communication",
@@ -89,30 +93,38 @@ def read_noun_glosses(wordnet_dir: str | Path) -> dict[str, list[tuple[int, str]
     return by_category
 
 
+def split_by_category(
+    by_category: Mapping[str, Sequence[T]], names: Sequence[str], cfg: DataConfig, noun: str
+) -> tuple[list[tuple[T, int]], list[tuple[T, int]]]:
+    """(train, test) lists of (item, label): per category of ``names`` (label = its position),
+    ``per_class_cap`` items drawn with ``split_seed``, the first ``test_per_class`` held out.
+    ValueError, naming the ``noun`` counted, for a category that cannot hold its test share."""
+    rng = np.random.default_rng(cfg.split_seed)
+    train: list[tuple[T, int]] = []
+    test: list[tuple[T, int]] = []
+    for label, name in enumerate(names):
+        items = by_category.get(name, [])
+        if len(items) <= cfg.test_per_class:
+            raise ValueError(
+                f"category {name!r} has {len(items)} {noun}, not more than "
+                f"data.test_per_class = {cfg.test_per_class}"
+            )
+        chosen = rng.permutation(len(items))[: cfg.per_class_cap]
+        for rank, i in enumerate(chosen):
+            (test if rank < cfg.test_per_class else train).append((items[i], label))
+    return train, test
+
+
 @functools.lru_cache(maxsize=8)
 def load_wordnet(cfg: DataConfig) -> tuple[TextDataset, TextDataset]:
     """The (train, test) split: per category, ``per_class_cap`` synsets drawn with
     ``split_seed``, the first ``test_per_class`` of them held out. Independent of the run seed,
     so every run on the same data config tests on the same examples."""
     names = tuple(cfg.categories[: cfg.num_categories])
-    glosses = read_noun_glosses(cfg.wordnet_dir)
-    rng = np.random.default_rng(cfg.split_seed)
-    train_x: list[str] = []
-    train_y: list[int] = []
-    test_x: list[str] = []
-    test_y: list[int] = []
-    for label, name in enumerate(names):
-        items = glosses.get(name, [])
-        if len(items) <= cfg.test_per_class:
-            raise ValueError(
-                f"category {name!r} has {len(items)} glosses, not more than "
-                f"data.test_per_class = {cfg.test_per_class}"
-            )
-        chosen = rng.permutation(len(items))[: cfg.per_class_cap]
-        for rank, i in enumerate(chosen):
-            (test_x if rank < cfg.test_per_class else train_x).append(items[i][1])
-            (test_y if rank < cfg.test_per_class else train_y).append(label)
-    train_labels, test_labels = np.asarray(train_y, dtype=np.int64), np.asarray(test_y, dtype=np.int64)
+    train, test = split_by_category(read_noun_glosses(cfg.wordnet_dir), names, cfg, "glosses")
+    train_x, test_x = [item[1] for item, _ in train], [item[1] for item, _ in test]
+    train_labels = np.asarray([y for _, y in train], dtype=np.int64)
+    test_labels = np.asarray([y for _, y in test], dtype=np.int64)
     for labels in (train_labels, test_labels):
         labels.setflags(write=False)  # cached and shared: nobody may change it
     return (

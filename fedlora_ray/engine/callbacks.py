@@ -202,10 +202,16 @@ class Checkpoint(Callback):
         ck = run.cfg.checkpoint
         if run.log is None or (state.round % ck.every and state.round != run.cfg.federation.rounds):
             return
-        run.log.flush()
-        state.clients.persist()
-        save_state(run.log.dir, state, run.log.config, ck.keep)
-        state.clients.checkpointed(state.round, checkpoint_rounds(run.log.dir))
+        write_checkpoint(run.log, state, ck.keep)
+
+
+def write_checkpoint(log: RunLog, state: RunState, keep: int) -> None:
+    """The logs flushed, the client states in their files, then the checkpoint of ``state``
+    (docs/algorithms.md §10); the store then frees what only deleted checkpoints held."""
+    log.flush()
+    state.clients.persist()  # type: ignore[attr-defined]  # the engine's own store
+    save_state(log.dir, state, log.config, keep)
+    state.clients.checkpointed(state.round, checkpoint_rounds(log.dir))  # type: ignore[attr-defined]
 
 
 def format_progress(row: dict[str, Any], rounds: int) -> str:

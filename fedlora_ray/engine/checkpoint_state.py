@@ -65,19 +65,13 @@ def load_state(path: Path, store_dir: Path | None) -> RunState:
     live = dict(zip(index.clients.tolist(), index.versions.tolist()))
     if live and store_dir is not None:
         files = ClientStateFiles(store_dir)
-        stored = set(files.stored())
-        missing = [(c, v) for c, v in live.items() if (c, v) not in stored]
-        if missing:
-            c, v = missing[0]
-            first = files.path(c, v)
-            raise DamagedFileError(
-                path, f"refers to {len(missing)} missing client-state file(s), e.g. {first}"
-            )
-        for c, v in live.items():  # each read checks the file's checksum: a resume reads them all once
+        for c, v in live.items():  # each read checks the file (missing, cut short, changed): all once
             try:
                 files.read(c, v)
             except DamagedFileError as err:
-                raise DamagedFileError(path, f"refers to a damaged client-state file, {err}") from None
+                raise DamagedFileError(
+                    path, f"refers to a damaged client-state file, {err.path}: {err.problem}"
+                ) from None
     return dataclasses.replace(state, clients=restored_store(live, index.budget_bytes))
 
 

@@ -31,8 +31,9 @@ from fedlora_ray.engine.callbacks import (
     ParquetLog,
     Progress,
     describe_plan,
+    write_checkpoint,
 )
-from fedlora_ray.engine.checkpoint_state import resume_state, save_state
+from fedlora_ray.engine.checkpoint_state import resume_state
 from fedlora_ray.engine.client_store import CLIENT_STORE_DIR, ClientStore
 from fedlora_ray.preflight import ClientData, check_data
 from fedlora_ray.privacy.plan import plan_privacy
@@ -205,10 +206,7 @@ class FederatedRun:
         t = self.state.round
         self.stopped_by_privacy = True
         if self.log is not None and t > 0 and t not in checkpoint_rounds(self.log.dir):
-            self.log.flush()
-            self.state.clients.persist()  # type: ignore[attr-defined]  # the engine's own store
-            save_state(self.log.dir, self.state, self.log.config, self.cfg.checkpoint.keep)
-            self.state.clients.checkpointed(t, checkpoint_rounds(self.log.dir))  # type: ignore[attr-defined]
+            write_checkpoint(self.log, self.state, self.cfg.checkpoint.keep)
         _print_flush(
             f"privacy budget: round {t + 1} would spend epsilon {privacy.epsilon(t + 1):.4g} > "
             f"privacy.max_epsilon = {privacy.max_epsilon:g}; the run stops after round {t} "

@@ -181,7 +181,7 @@ class ClientTrainer:
             for m, (b, a) in local.lora.items()
         }
         if task.dp_sigma is not None:  # local DP: what leaves the client is noised first (§14)
-            delta, local = self._noised(global_adapter, task, delta, local)
+            delta, local = self._noised(global_adapter, task, local)
         sent, state = self.scheme.upload(
             LocalUpdate(delta, local.lora, components, task.keep_ratio, task.state, task.seed)
         )
@@ -202,24 +202,21 @@ class ClientTrainer:
         )
 
     def _noised(
-        self, global_adapter: Adapter, task: ClientTask, delta: dict[str, tuple[torch.Tensor, torch.Tensor]],
-        local: Adapter,
-    ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], Adapter]:  # fmt: skip
+        self, global_adapter: Adapter, task: ClientTask, local: Adapter
+    ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], Adapter]:
         """Local DP [docs/algorithms.md §14]: the whole change (LoRA factors and head) clipped to
         privacy.clip_norm, N(0, sigma^2 C^2) added on every trained coordinate; the scheme then
         sparsifies the noised change, and the local factors it scores are global + noised."""
         assert task.dp_sigma is not None
-        head_delta = [local.head[k] - v for k, v in global_adapter.head.items()]
-        flat = [t for pair in delta.values() for t in pair] + head_delta
-        noised = noised_tensors(global_adapter, self.scheme.trains_a)
+        change = [x - g for x, g in zip(local.tensors(), global_adapter.tensors())]  # delta, then the head's
         out, _ = local_release(
-            flat, noised, self.cfg.privacy.clip_norm, task.dp_sigma, local_noise_generator(task.seed)
+            change, noised_tensors(global_adapter, self.scheme.trains_a), self.cfg.privacy.clip_norm,
+            task.dp_sigma, local_noise_generator(task.seed),
+        )  # fmt: skip
+        noised = global_adapter.with_tensors(out)
+        return noised.lora, global_adapter.with_tensors(
+            [g + d for g, d in zip(global_adapter.tensors(), out)]
         )
-        it = iter(out)
-        delta = {m: (next(it), next(it)) for m in delta}
-        head = {k: v + next(it) for k, v in global_adapter.head.items()}
-        lora = {m: (g[0] + delta[m][0], g[1] + delta[m][1]) for m, g in global_adapter.lora.items()}
-        return delta, Adapter(lora, head)
 
     def generate(self, global_adapter: Adapter, part: int = 0, parts: int = 1) -> list[dict[str, Any]]:
         """Greedy answers of ``global_adapter`` to the first ``federation.generations`` held-out

@@ -28,6 +28,11 @@ class Adapter:
         """Every tensor, in a fixed order: (B, A) per module, then the head's."""
         return [t for pair in self.lora.values() for t in pair] + list(self.head.values())
 
+    def with_tensors(self, flat: list[torch.Tensor]) -> Adapter:
+        """An adapter of this one's modules and head holding ``flat``, in ``tensors()``'s order."""
+        it = iter(flat)
+        return Adapter({m: (next(it), next(it)) for m in self.lora}, {k: next(it) for k in self.head})
+
     def clone(self) -> Adapter:
         return Adapter(
             {m: (b.clone(), a.clone()) for m, (b, a) in self.lora.items()},

@@ -58,13 +58,6 @@ def _deltas(global_adapter: Adapter, held: Adapter) -> list[torch.Tensor]:
     return [x - g for x, g in zip(held.tensors(), global_adapter.tensors())]
 
 
-def _rebuild(like: Adapter, flat: list[torch.Tensor]) -> Adapter:
-    it = iter(flat)
-    lora = {m: (next(it), next(it)) for m in like.lora}
-    head = {k: next(it) for k in like.head}
-    return Adapter(lora, head)
-
-
 def noised_tensors(like: Adapter, trains_a: bool) -> list[bool]:
     """Per tensor of the adapter's order: whether the release carries noise on it (what the
     scheme trains: B, A unless the scheme freezes it, and the head when it trains)."""
@@ -104,7 +97,7 @@ def central_release(
     for acc, noised in zip(total, noised_tensors(global_adapter, trains_a)):
         if noised and std > 0:
             acc.add_(torch.randn(acc.shape, generator=generator, dtype=acc.dtype), alpha=std)
-    update = _rebuild(global_adapter, [t / k_bar for t in total])
+    update = global_adapter.with_tensors([t / k_bar for t in total])
     return CentralRelease(update, sum(n > clip_norm for n in norms), norms)
 
 
