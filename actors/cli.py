@@ -218,20 +218,28 @@ def main(argv: list[str] | None = None) -> int:
 
 def sweep_command(args: argparse.Namespace) -> int:
     """Exit 0 when every run finished, 1 when some failed (the table names them), 2 when the
-    spec or --out was refused before any run started."""
+    spec or --out was refused before any run started, 130 when Ctrl-C stopped it."""
     from fedlora_ray.sweep import check_sweep_root, load_spec
 
     try:
         check_out(args.out)
         check_sweep_root(args.out)
         spec = load_spec(args.spec, args.seeds, args.overrides)
-        from actors.sweep import closing_table, run_sweep
+        from actors.sweep import SweepInterrupted, closing_table, run_sweep
 
         root = args.out if is_uri(args.out) else str(Path(args.out).resolve())
         outcomes = run_sweep(spec, root, write=lambda line: print(line, flush=True))
     except ConfigError as err:
         print(f"fedlora-ray: error: {err}", file=sys.stderr)
         return 2
+    except SweepInterrupted as stop:
+        print(
+            f"fedlora-ray: sweep interrupted; stopped {len(stop.stopped)} running run(s): "
+            f"{', '.join(stop.stopped) or 'none'}. The same command resumes them from their newest "
+            "checkpoints and skips the finished ones",
+            file=sys.stderr,
+        )
+        return 130  # the shell's code for a command ended by Ctrl-C (128 + SIGINT)
     print(closing_table(outcomes))
     return 1 if any(o.status == "failed" for o in outcomes) else 0
 

@@ -5,7 +5,9 @@ would: its task holds no resources and stays on this node (so a local --out land
 sweep starts no more runs at once than the cluster holds pools. A run on the serial backend is
 packed: the whole run is one Ray task holding the spec's ``task`` resources (a fractional GPU
 for a small model), placed anywhere in the cluster. Finished runs are skipped, started ones
-resume from their newest checkpoint, and a failed run does not stop the others.
+resume from their newest checkpoint, and a failed run does not stop the others. Ctrl-C stops
+every running run at once (what they wrote is whole: every file is written atomically) and says
+how to resume them.
 """
 
 from __future__ import annotations
@@ -24,6 +26,16 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from fedlora_ray.config import ConfigError, RunConfig
 from fedlora_ray.storage import join, remove_folder, write_file
 from fedlora_ray.sweep import RUNS_FILE, SweepRun, SweepSpec, check_sweep_root, run_status, runs_table
+
+_POLL_S = 0.5  # a blocking ray.wait holds off Ctrl-C until a run ends; waiting in slices does not
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a sweep: the runs that were running, now stopped."""
+
+    def __init__(self, stopped: list[str]) -> None:
+        super().__init__(stopped)
+        self.stopped = stopped
 
 
 @dataclass
@@ -135,29 +147,44 @@ def _drive(
         )
 
     write(f"sweep {spec.name}: {len(spec.runs)} runs under {root}, at most {limit} at once")
-    while waiting or running:
-        while waiting and len(running) < limit:
-            run = waiting.pop(0)
-            cfg, status = configs[run.run_id], statuses[run.run_id]
-            if cfg.runtime.backend == "serial":
-                options: dict[str, Any] = {"num_cpus": spec.task_cpus, "num_gpus": spec.task_gpus}
-            else:  # its driver and pool reserve their own resources; the run's folder is here
-                options = {"num_cpus": 0, "scheduling_strategy": here}
-            ref = _execute.options(**options).remote(cfg, join(root, run.run_id), status)
-            running[ref] = (run.run_id, time.perf_counter())
-        line()  # after the free places are filled: what runs now
-        ready, _ = ray.wait(list(running), num_returns=1)
-        for ref in ready:
-            rid, began = running.pop(ref)
-            try:
-                summary = ray.get(ref)
-                outcomes[rid] = RunOutcome(
-                    rid, "done", time.perf_counter() - began, summary.get("final_test_accuracy")
-                )
-            except Exception as err:  # one failed run does not stop the others
-                outcomes[rid] = RunOutcome(rid, "failed", time.perf_counter() - began, error=_error_text(err))
+    try:
+        while waiting or running:
+            while waiting and len(running) < limit:
+                run = waiting.pop(0)
+                cfg, status = configs[run.run_id], statuses[run.run_id]
+                if cfg.runtime.backend == "serial":
+                    options: dict[str, Any] = {"num_cpus": spec.task_cpus, "num_gpus": spec.task_gpus}
+                else:  # its driver and pool reserve their own resources; the run's folder is here
+                    options = {"num_cpus": 0, "scheduling_strategy": here}
+                ref = _execute.options(**options).remote(cfg, join(root, run.run_id), status)
+                running[ref] = (run.run_id, time.perf_counter())
+            line()  # after the free places are filled: what runs now
+            ready = _wait_one(running)
+            for ref in ready:
+                rid, began = running.pop(ref)
+                try:
+                    summary = ray.get(ref)
+                    outcomes[rid] = RunOutcome(
+                        rid, "done", time.perf_counter() - began, summary.get("final_test_accuracy")
+                    )
+                except Exception as err:  # one failed run does not stop the others
+                    outcomes[rid] = RunOutcome(
+                        rid, "failed", time.perf_counter() - began, error=_error_text(err)
+                    )
+    except KeyboardInterrupt:
+        for ref in running:  # kills the task's process: a Ray-backend run's driver and pool end with it
+            ray.cancel(ref, force=True)
+        raise SweepInterrupted([rid for rid, _ in running.values()]) from None
     line()
     return [outcomes[r.run_id] for r in spec.runs]
+
+
+def _wait_one(running: dict[Any, tuple[str, float]]) -> list[Any]:
+    """The runs that ended, at least one, waited for in slices so that Ctrl-C gets through."""
+    ready: list[Any] = []
+    while not ready:
+        ready, _ = ray.wait(list(running), num_returns=1, timeout=_POLL_S)
+    return ready
 
 
 def closing_table(outcomes: list[RunOutcome]) -> str:

@@ -257,3 +257,50 @@ def test_a_sweep_writes_to_a_uri_through_the_driver_actor(ray_session, tmp_path,
 def test_every_shipped_sweep_spec_expands_into_valid_configs(path):
     spec = load_spec(path)  # validates every run's config
     assert spec.runs and len({r.run_id for r in spec.runs}) == len(spec.runs)
+
+
+@pytest.mark.ray
+def test_ctrl_c_stops_a_running_sweep_and_leaves_it_resumable(ray_session, tmp_path):
+    """SIGINT (what Ctrl-C sends) to a sweep whose run is mid-way: the command ends at once with
+    exit 130 and says which runs it stopped; the stopped run writes nothing more, and the same
+    command would resume it from its checkpoint."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import wait_for
+
+    long = {"federation.rounds": 400, "checkpoint.every": 1, "runtime.ray_address": ray_session["address"]}
+    spec = _spec(tmp_path, grid={"compression.method": ["none"]}, set=long, run_name="long-s{seed}")
+    root = tmp_path / "sweep"
+    run = root / "long-s0"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "actors.cli", "sweep", str(spec), "--out", str(root)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    try:
+        assert wait_for(lambda: len(list((run / "checkpoint").glob("round-*.safetensors"))) >= 2, 120)
+        assert sweep.poll() is None, "the run ended before it could be interrupted"
+        sweep.send_signal(signal.SIGINT)
+        _, err = sweep.communicate(timeout=30)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    assert sweep.returncode == 130, err
+    assert "sweep interrupted; stopped 1 running run(s): long-s0" in err and "resumes them" in err
+
+    def written() -> list[str]:
+        return sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+
+    before = written()
+    time.sleep(3)  # the killed run's process would have logged several more rounds by now
+    assert written() == before
+    cfg = load_spec(spec).config(load_spec(spec).runs[0])
+    assert run_status(str(run), cfg) == "resume"
