@@ -24,10 +24,12 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from fedlora_ray.config import ConfigError, RunConfig
-from fedlora_ray.storage import join, remove_folder, write_file
+from fedlora_ray.rundir.run_log import has_logs, read_rounds
+from fedlora_ray.storage import is_uri, join, remove_folder, write_file
 from fedlora_ray.sweep import RUNS_FILE, SweepRun, SweepSpec, check_sweep_root, run_status, runs_table
 
 _POLL_S = 0.5  # a blocking ray.wait holds off Ctrl-C until a run ends; waiting in slices does not
+PROGRESS_S = 60.0  # runs print no progress of their own in a sweep: where each one is, this often
 
 
 class SweepInterrupted(KeyboardInterrupt):
@@ -146,6 +148,11 @@ def _drive(
             f"{time.perf_counter() - start:.0f} s"
         )
 
+    def report() -> None:  # while runs are going: the line, then where each running run is
+        line()
+        for rid, began in running.values():
+            write(_where(join(root, rid), configs[rid].federation.rounds, began, rid))
+
     write(f"sweep {spec.name}: {len(spec.runs)} runs under {root}, at most {limit} at once")
     try:
         while waiting or running:
@@ -159,7 +166,7 @@ def _drive(
                 ref = _execute.options(**options).remote(cfg, join(root, run.run_id), status)
                 running[ref] = (run.run_id, time.perf_counter())
             line()  # after the free places are filled: what runs now
-            ready = _wait_one(running)
+            ready = _wait_one(running, report)
             for ref in ready:
                 rid, began = running.pop(ref)
                 try:
@@ -179,12 +186,35 @@ def _drive(
     return [outcomes[r.run_id] for r in spec.runs]
 
 
-def _wait_one(running: dict[Any, tuple[str, float]]) -> list[Any]:
-    """The runs that ended, at least one, waited for in slices so that Ctrl-C gets through."""
+def _wait_one(running: dict[Any, tuple[str, float]], report: Callable[[], object]) -> list[Any]:
+    """The runs that ended, at least one, waited for in slices so that Ctrl-C gets through;
+    ``report`` is called every PROGRESS_S seconds of waiting."""
     ready: list[Any] = []
+    last = time.perf_counter()
     while not ready:
         ready, _ = ray.wait(list(running), num_returns=1, timeout=_POLL_S)
+        if not ready and time.perf_counter() - last >= PROGRESS_S:
+            report()
+            last = time.perf_counter()
     return ready
+
+
+def _where(place: str, rounds: int, began: float, run_id: str) -> str:
+    """One running run's progress, from the rounds its folder has logged (every round is flushed
+    by default) where this node can read them; its time otherwise."""
+    text = f"  {run_id}: "
+    try:
+        rows = read_rounds(place).to_pandas() if not is_uri(place) and has_logs(place) else None
+    except Exception:  # a part being replaced, or damaged: the run itself will say so
+        rows = None
+    if rows is not None and len(rows):
+        text += f"round {int(rows['round'].iloc[-1])}/{rounds}"
+        tested = rows.dropna(subset=["test_accuracy"])
+        if len(tested):
+            accuracy, when = tested["test_accuracy"].iloc[-1], int(tested["round"].iloc[-1])
+            text += f", test accuracy {accuracy:.3f} (round {when})"
+        text += " | "
+    return text + f"{time.perf_counter() - began:.0f} s"
 
 
 def closing_table(outcomes: list[RunOutcome]) -> str:

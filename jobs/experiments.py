@@ -13,6 +13,7 @@
     python jobs/experiments.py e3 ... --set ...            # issue 21: the paper's batch 8, 1 epoch
     python jobs/experiments.py e4 [--out runs/exp]         # issue 21: product errors on saved adapters
     python jobs/experiments.py privacy ...  # issue 22: accuracy against epsilon (central DP)
+    python jobs/experiments.py llm [--methods ilora soft flasc] ...  # issue 20: the methods on the LLM
     python jobs/experiments.py summarize FIG [--out runs/exp]   # tables/plots only (budget: no runs)
 
 e0-e3 share one --out: their summary (FIG e) is one protocol x method table of all of them. e4
@@ -676,10 +677,111 @@ def summarize_privacy(out: Path) -> list[str]:
     return [*lines, "", f"![accuracy against epsilon]({png})", ""]
 
 
+LLM_METHODS = ["ilora", "soft", "flasc", "fslora", "hetlora", "adaptive", "uniform"]  # llm_methods.yaml
+LLM_LABEL = {"ilora": "ILoRA (dense)", "soft": "SOFT", "flasc": "FLASC",
+             "fslora": "FSLoRA, ratios {1/4, 1/2, 1}", "hetlora": "HetLoRA, ratios {1/4, 1/2, 1}",
+             "adaptive": "FSLoRA + adaptive independent sampling",
+             "uniform": "FSLoRA + uniform sampling"}  # fmt: skip
+
+
+def base_model_scores(run: Run, out: Path) -> tuple[float, float]:
+    """Perplexity and multiple-choice accuracy of the base model (the initial adapter, whose B is
+    zero) on the run's own test split, evaluated here once per seed and kept under ``out``."""
+    import json
+
+    seed = run.config["federation"]["seed"]
+    key = json.dumps([run.config["model"], run.config["data"], seed], sort_keys=True)
+    cache = out / f"base-model-s{seed}.json"
+    if cache.is_file():
+        kept = json.loads(cache.read_text())
+        if kept["key"] == key:
+            return kept["perplexity"], kept["accuracy"]
+    import torch
+
+    from fedlora_ray.components import load_run_config
+    from fedlora_ray.engine.trainer import ClientTrainer
+
+    torch.set_num_threads(1)
+    cfg = load_run_config(base=run.config, overrides=["runtime.backend=serial"])
+    trainer = ClientTrainer(cfg)
+    result = trainer.evaluate(trainer.initial_adapter())
+    ppl, acc = float(np.exp(result.loss_sum / result.loss_count)), result.correct / result.count
+    write_bytes(cache, json.dumps({"key": key, "perplexity": ppl, "accuracy": acc}).encode())
+    return ppl, acc
+
+
+def summarize_llm(out: Path) -> list[str]:
+    """Issue 20 item 5: the seeds' methods on the LLM default, per method the last evaluation's
+    perplexity and multiple-choice accuracy (mean ± std over seeds) against the base model's, the
+    uplink per client and round, and the simulated time of the whole run."""
+    plt = _plot()
+    groups = {m: _named(out, f"llm-{m}") for m in LLM_METHODS}
+    groups = {m: g for m, g in groups.items() if g}
+    if not groups:
+        raise SystemExit(f"no finished llm-* run under {out}: run `python jobs/experiments.py llm` first")
+    first = next(iter(groups.values()))
+    base = [base_model_scores(r, out) for r in first]
+    rounds = int(first[0].config["federation"]["rounds"])
+    lines = ["## Issue 20: the seeds' methods on the LLM default", "",
+             "SmolLM2-135M-Instruct + LoRA r = 8 (q_proj, v_proj) defining WordNet words, 100 clients, "
+             f"10 per round, {rounds} rounds (jobs/configs/llm_quickstart.yaml, "
+             "jobs/sweeps/llm_methods.yaml). Perplexity of the held-out glosses and 4-way multiple-choice "
+             "accuracy (chance 0.25) at the last round, mean ± std over seeds; uplink Mbit per client per "
+             "round; simulated time of the run. "
+             "A '*' marks a cell with a run that ended before its horizon.", "",
+             "| method | seeds | perplexity | MC accuracy | exact match | uplink Mbit / client / round | "
+             "simulated time (s) |", "|---|---|---|---|---|---|---|",
+             f"| base model (no fine-tuning) | {len(base)} | {_fmt([b[0] for b in base])} | "
+             f"{_fmt([b[1] for b in base])} | | | |"]  # fmt: skip
+    ppl: dict[str, list[float]] = {}
+    acc: dict[str, list[float]] = {}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for m, group in groups.items():
+        ppl[m] = [final_value(r, "test_perplexity") for r in group]
+        acc[m] = [final_value(r, "test_accuracy") for r in group]
+        match = [final_value(r, "exact_match") for r in group]
+        mbit = np.mean([r.rounds["uplink_bits"].mean() / r.rounds["sampled"].mean() / 1e6 for r in group])
+        sim = [final_value(r, "sim_time_s") for r in group]
+        star = "*" if any(_short(r) for r in group) else ""
+        lines.append(
+            f"| {LLM_LABEL[m]} | {len(group)} | {_fmt(ppl[m])}{star} | {_fmt(acc[m])}{star} | "
+            f"{_fmt(match)} | {mbit:.3f} | {np.mean(sim):.0f} ± {np.std(sim):.0f} |"
+        )
+        xs, mean, std = mean_curve(group, "round", "test_perplexity")
+        (line,) = axes[0].plot(xs, mean, marker="o", label=LLM_LABEL[m])
+        axes[0].fill_between(xs, mean - std, mean + std, alpha=0.15, color=line.get_color())
+        if m in ("adaptive", "uniform", "fslora"):
+            xs, mean, _ = mean_curve(group, "sim_time_s", "test_perplexity")
+            axes[1].plot(xs, mean, marker="o", label=LLM_LABEL[m])
+    axes[0].axhline(np.mean([b[0] for b in base]), color="k", ls="--", lw=0.8, label="base model")
+    for ax, xlabel in zip(axes, ("round", "simulated time (s)")):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("test perplexity (mean over seeds)")
+        ax.set_yscale("log")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, DOCS / f"{_stem('llm_perplexity')}.png")
+
+    def order(cells: dict[str, list[float]], lower_first: bool) -> str:
+        ranked = sorted(cells, key=lambda m: np.mean(cells[m]) * (1 if lower_first else -1))
+        text = f"{LLM_LABEL[ranked[0]]} {np.mean(cells[ranked[0]]):.3f}"
+        for a, b in zip(ranked, ranked[1:]):
+            gap = abs(np.mean(cells[a]) - np.mean(cells[b]))
+            text += f" {'>' if gap > max(np.std(cells[a]), np.std(cells[b])) else '≈'} {LLM_LABEL[b]} "
+            text += f"{np.mean(cells[b]):.3f}"
+        return text
+
+    return [*lines, "", "Order ('>': better by more than the larger standard deviation, '≈': a tie):", "",
+            f"- perplexity (lower is better): {order(ppl, True)}",
+            f"- multiple-choice accuracy: {order(acc, False)}", "",
+            f"![perplexity against round and simulated time]({_stem('llm_perplexity')}.png)", ""]  # fmt: skip
+
+
 SUMMARIES = {
     "fig3": summarize_fig3, "fig4": summarize_fig4, "fig56": summarize_fig56, "fig3c": summarize_fig3c,
     "vtradeoff": summarize_vtradeoff, "budget": summarize_budget, "wallclock": summarize_wallclock,
-    "e": summarize_e, "e4": summarize_e4, "privacy": summarize_privacy,
+    "e": summarize_e, "e4": summarize_e4, "privacy": summarize_privacy, "llm": summarize_llm,
 }  # fmt: skip
 
 
@@ -694,6 +796,7 @@ def summarize(fig: str, out: Path) -> Path:
 
 FIGURES = ["fig3", "fig3v", "fig4", "fig56", "fig3c", "vtradeoff", "wallclock", "e0", "e1", "e2", "e3"]
 FIGURES += ["privacy"]  # issue 22
+FIGURES += ["llm"]  # issue 20: jobs/sweeps/llm_methods.yaml
 
 
 def main() -> None:
@@ -708,6 +811,7 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=0, help="runs at once (default: what the cluster holds)")
     ap.add_argument("--ranks", nargs="+", help="fig3, fig3v: only these of the spec's LoRA ranks (8, 16)")
     ap.add_argument("--keeps", nargs="+", type=float, help="e2: only these of the spec's keep ratios")
+    ap.add_argument("--methods", nargs="+", choices=LLM_METHODS, help="llm: only these of the spec's methods")
     args = ap.parse_args()
     global TAG
     TAG = args.tag
@@ -723,7 +827,8 @@ def main() -> None:
     from actors.sweep import closing_table, run_sweep
     from fedlora_ray.sweep import load_spec
 
-    spec = load_spec(SWEEPS / f"{args.command}.yaml", args.seeds, args.overrides, args.base)
+    name = {"llm": "llm_methods"}.get(args.command, args.command)
+    spec = load_spec(SWEEPS / f"{name}.yaml", args.seeds, args.overrides, args.base)
     if args.ranks:
         known = {r.values.get("rank") for r in spec.runs}
         if not set(args.ranks) <= known:
@@ -738,6 +843,10 @@ def main() -> None:
             )
         spec = dataclasses.replace(
             spec, runs=tuple(r for r in spec.runs if r.values.get("compression.keep_ratio") in args.keeps)
+        )
+    if args.methods:
+        spec = dataclasses.replace(
+            spec, runs=tuple(r for r in spec.runs if r.values.get("method") in args.methods)
         )
     if args.parallel:
         spec = dataclasses.replace(spec, max_concurrent=args.parallel)

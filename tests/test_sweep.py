@@ -117,7 +117,9 @@ def _frame(path: Path, name: str) -> pd.DataFrame:
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_a_sweep_runs_on_the_cluster_skips_resumes_and_reads_as_one_table(ray_session, tmp_path, capsys):
+def test_a_sweep_runs_on_the_cluster_skips_resumes_and_reads_as_one_table(
+    ray_session, tmp_path, capsys, monkeypatch
+):
     """A packed serial run (a task holding half a GPU) and a run on the Ray backend (its own
     driver and actor) run at once; a run that fails its preflight does not stop them. Run again
     with a second seed and one more round: the finished runs resume from their checkpoints (and
@@ -141,9 +143,15 @@ def test_a_sweep_runs_on_the_cluster_skips_resumes_and_reads_as_one_table(ray_se
         task={"num_cpus": 1, "num_gpus": 0.5},  # the suite's cluster has two (fake) GPUs
     )
     root = tmp_path / "sweep"
+    monkeypatch.setattr("actors.sweep.PROGRESS_S", 1.0)  # where each running run is: every second here
     assert main(["sweep", str(spec), "--out", str(root)]) == 1
     out = capsys.readouterr().out
     assert "3 runs under" in out and "at most 3 at once" in out
+    assert "\n  packed-s0: " in out and "\n  actors-s0: " in out  # the progress of the running runs
+    from actors.sweep import _where
+
+    where = _where(str(root / "packed-s0"), 2, 0.0, "packed-s0")  # read from the run's own log
+    assert where.startswith("  packed-s0: round 2/2, test accuracy 0."), where
     table = out[out.index("run  ") :]
     assert "broken-s0  failed" in table and "'model.target_modules[0]' = 'nosuch'" in table
     assert "1 of 3 runs failed: broken-s0" in table and "packed-s0  done" in table

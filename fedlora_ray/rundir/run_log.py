@@ -138,6 +138,11 @@ def read_log(run_dir: str | Path, upto: int | None = None) -> tuple[pa.Table, pa
     return rounds, clients.filter(pc.less_equal(clients["round"], last))
 
 
+def read_rounds(run_dir: str | Path) -> pa.Table:
+    """The rounds logged so far (of a running run too: every part is replaced whole)."""
+    return _read(Path(run_dir) / "rounds.parquet", ROUNDS_SCHEMA)
+
+
 def has_logs(run_dir: str | Path) -> bool:
     """Whether ``run_dir`` holds a run's round log (in parts, or as one older file)."""
     return bool(part_files(Path(run_dir) / "rounds.parquet"))
