@@ -211,8 +211,11 @@ def _where(place: str, rounds: int, began: float, run_id: str) -> str:
         text += f"round {int(rows['round'].iloc[-1])}/{rounds}"
         tested = rows.dropna(subset=["test_accuracy"])
         if len(tested):
-            accuracy, when = tested["test_accuracy"].iloc[-1], int(tested["round"].iloc[-1])
-            text += f", test accuracy {accuracy:.3f} (round {when})"
+            last = tested.iloc[-1]
+            text += f", test accuracy {last['test_accuracy']:.3f}"
+            if "test_perplexity" in last and last["test_perplexity"] == last["test_perplexity"]:  # not NaN
+                text += f", perplexity {last['test_perplexity']:.2f}"
+            text += f" (round {int(last['round'])})"
         text += " | "
     return text + f"{time.perf_counter() - began:.0f} s"
 

@@ -759,7 +759,8 @@ def summarize_llm(out: Path) -> list[str]:
         ax.set_ylabel("test perplexity (mean over seeds)")
         ax.set_yscale("log")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # the right panel is empty until the sampling pair has run
+            ax.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, DOCS / f"{_stem('llm_perplexity')}.png")
 

@@ -406,3 +406,12 @@ def test_control_prices_a_round_of_llama_8b_from_its_architecture_alone():
     rounds = simulate_control(cfg, 3).rounds
     per_client = 32 * 32 * (2 * (4096 + 4096) + 2 * (4096 + 1024))
     assert rounds["uplink_bits"].tolist() == [2 * per_client * 32] * 3
+
+
+def test_the_progress_line_shows_perplexity_where_a_causal_lm_was_evaluated():
+    from fedlora_ray.engine.callbacks import format_progress
+
+    row = {"round": 5, "sampled": 10, "train_loss": 2.5, "test_accuracy": 0.6, "covariance": 0.1,
+           "uplink_bits": 1.5e8, "sim_time_s": 40.0, "elapsed_seconds": 300.0}  # fmt: skip
+    assert "ppl" not in format_progress({**row, "test_perplexity": None}, 15)  # a round without evaluation
+    assert format_progress({**row, "test_perplexity": 21.2731}, 15).endswith("| ppl 21.27")

@@ -225,6 +225,8 @@ def format_progress(row: dict[str, Any], rounds: int) -> str:
         f"cov {num('covariance', '.3g')} | {row['uplink_bits'] / 1e6:7.2f} Mbit | "
         f"sim {row['sim_time_s']:8.1f} s | {row['elapsed_seconds']:7.1f} s"
     )
+    if row.get("test_perplexity") is not None:  # a causal LM's evaluation (docs/algorithms.md §13)
+        line += f" | ppl {row['test_perplexity']:.2f}"
     if row.get("dp_epsilon") is not None:
         line += f" | eps {row['dp_epsilon']:.3g}"
     notes = [f"{row[k]} {k}" for k in ("rejected", "retries") if row.get(k)]
