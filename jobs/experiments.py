@@ -735,7 +735,8 @@ def summarize_llm(out: Path) -> list[str]:
              f"{_fmt([b[1] for b in base])} | | | |"]  # fmt: skip
     ppl: dict[str, list[float]] = {}
     acc: dict[str, list[float]] = {}
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    sampling = [m for m in ("fslora", "uniform", "adaptive") if m in groups]
+    fig, axes = plt.subplots(1, 3 if sampling else 2, figsize=(18 if sampling else 12, 4.2))
     for m, group in groups.items():
         ppl[m] = [final_value(r, "test_perplexity") for r in group]
         acc[m] = [final_value(r, "test_accuracy") for r in group]
@@ -750,17 +751,21 @@ def summarize_llm(out: Path) -> list[str]:
         xs, mean, std = mean_curve(group, "round", "test_perplexity")
         (line,) = axes[0].plot(xs, mean, marker="o", label=LLM_LABEL[m])
         axes[0].fill_between(xs, mean - std, mean + std, alpha=0.15, color=line.get_color())
-        if m in ("adaptive", "uniform", "fslora"):
+        for r in group:  # what the uplink has carried so far: the communication side of the comparison
+            r.rounds["uplink_gbit_sent"] = r.rounds["uplink_bits"].cumsum() / 1e9
+        xs, mean, _ = mean_curve(group, "uplink_gbit_sent", "test_perplexity")
+        axes[1].plot(xs, mean, marker="o", label=LLM_LABEL[m])
+        if m in sampling:
             xs, mean, _ = mean_curve(group, "sim_time_s", "test_perplexity")
-            axes[1].plot(xs, mean, marker="o", label=LLM_LABEL[m])
+            axes[2].plot(xs, mean, marker="o", label=LLM_LABEL[m])
     axes[0].axhline(np.mean([b[0] for b in base]), color="k", ls="--", lw=0.8, label="base model")
-    for ax, xlabel in zip(axes, ("round", "simulated time (s)")):
+    axes[1].set_xscale("log")
+    for ax, xlabel in zip(axes, ("round", "uplink Gbit sent so far", "simulated time (s)")):
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test perplexity (mean over seeds)")
         ax.set_yscale("log")
         ax.grid(True, alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:  # the right panel is empty until the sampling pair has run
-            ax.legend(fontsize=7)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, DOCS / f"{_stem('llm_perplexity')}.png")
 
@@ -776,7 +781,7 @@ def summarize_llm(out: Path) -> list[str]:
     return [*lines, "", "Order ('>': better by more than the larger standard deviation, '≈': a tie):", "",
             f"- perplexity (lower is better): {order(ppl, True)}",
             f"- multiple-choice accuracy: {order(acc, False)}", "",
-            f"![perplexity against round and simulated time]({_stem('llm_perplexity')}.png)", ""]  # fmt: skip
+            f"![perplexity against round, uplink and time]({_stem('llm_perplexity')}.png)", ""]  # fmt: skip
 
 
 SUMMARIES = {
@@ -825,7 +830,7 @@ def main() -> None:
     if args.command in ("budget", "e4"):  # no training: budget simulates, e4 reads e0's checkpoints
         summarize(args.command, out)
         return
-    from actors.sweep import closing_table, run_sweep
+    from actors.sweep import SweepInterrupted, closing_table, run_sweep
     from fedlora_ray.sweep import load_spec
 
     name = {"llm": "llm_methods"}.get(args.command, args.command)
@@ -851,7 +856,11 @@ def main() -> None:
         )
     if args.parallel:
         spec = dataclasses.replace(spec, max_concurrent=args.parallel)
-    outcomes = run_sweep(spec, str(out), write=lambda line: print(line, flush=True))
+    try:
+        outcomes = run_sweep(spec, str(out), write=lambda line: print(line, flush=True))
+    except SweepInterrupted as stop:
+        print(f"interrupted; stopped {', '.join(stop.stopped) or 'nothing'}: the same command resumes them")
+        raise SystemExit(130) from None
     print(closing_table(outcomes))
     summarize(
         {"fig3v": "fig3", "e0": "e", "e1": "e", "e2": "e", "e3": "e"}.get(args.command, args.command), out
