@@ -413,15 +413,15 @@ def e_protocols(out: Path) -> dict[str, dict[str, list[Run]]]:
     return {k: {m: r for m, r in v.items() if r} for k, v in table.items() if any(v.values())}
 
 
-def _order(cells: dict[str, list[float]]) -> str:
-    """Methods by mean last-3 accuracy, '>' where the gap exceeds the larger standard deviation
-    of the two, '≈' (a tie) where it does not."""
-    ranked = sorted(cells, key=lambda m: -np.mean(cells[m]))
-    text = f"{LABEL[ranked[0]]} {np.mean(cells[ranked[0]]):.3f}"
+def _order(cells: dict[str, list[float]], labels: dict[str, str] = LABEL, lower_first: bool = False) -> str:
+    """Methods by mean (highest first, or lowest with ``lower_first``), '>' where the gap exceeds
+    the larger standard deviation of the two, '≈' (a tie) where it does not."""
+    ranked = sorted(cells, key=lambda m: np.mean(cells[m]) * (1 if lower_first else -1))
+    text = f"{labels[ranked[0]]} {np.mean(cells[ranked[0]]):.3f}"
     for a, b in zip(ranked, ranked[1:]):
-        gap = np.mean(cells[a]) - np.mean(cells[b])
+        gap = abs(np.mean(cells[a]) - np.mean(cells[b]))
         sign = ">" if gap > max(np.std(cells[a]), np.std(cells[b])) else "≈"
-        text += f" {sign} {LABEL[b]} {np.mean(cells[b]):.3f}"
+        text += f" {sign} {labels[b]} {np.mean(cells[b]):.3f}"
     return text
 
 
@@ -769,18 +769,9 @@ def summarize_llm(out: Path) -> list[str]:
     fig.tight_layout()
     save_figure(fig, DOCS / f"{_stem('llm_perplexity')}.png")
 
-    def order(cells: dict[str, list[float]], lower_first: bool) -> str:
-        ranked = sorted(cells, key=lambda m: np.mean(cells[m]) * (1 if lower_first else -1))
-        text = f"{LLM_LABEL[ranked[0]]} {np.mean(cells[ranked[0]]):.3f}"
-        for a, b in zip(ranked, ranked[1:]):
-            gap = abs(np.mean(cells[a]) - np.mean(cells[b]))
-            text += f" {'>' if gap > max(np.std(cells[a]), np.std(cells[b])) else '≈'} {LLM_LABEL[b]} "
-            text += f"{np.mean(cells[b]):.3f}"
-        return text
-
     return [*lines, "", "Order ('>': better by more than the larger standard deviation, '≈': a tie):", "",
-            f"- perplexity (lower is better): {order(ppl, True)}",
-            f"- multiple-choice accuracy: {order(acc, False)}", "",
+            f"- perplexity (lower is better): {_order(ppl, LLM_LABEL, lower_first=True)}",
+            f"- multiple-choice accuracy: {_order(acc, LLM_LABEL)}", "",
             f"![perplexity against round, uplink and time]({_stem('llm_perplexity')}.png)", ""]  # fmt: skip
 
 
